@@ -1,0 +1,58 @@
+"""Export a torch model to ONNX and OpenVINO with fixed batch-1 input shapes.
+
+Shared by latency measurement (nas.latency), tests and the compression exports, so every path
+times and verifies the same graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ONNX_OPSET = 17
+
+
+def example_input(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, resolution, resolution, generator=generator)
+
+
+def export_onnx(model: nn.Module, path: str | Path, resolution: int, opset: int = ONNX_OPSET) -> Path:
+    """TorchScript-based exporter (dynamo=False): the dynamo one drops tiny eps adds (design.md)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example_input(resolution),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+def convert_openvino(model: nn.Module, resolution: int):
+    """torch -> openvino.Model with a static [1, 3, R, R] input."""
+    import openvino as ov
+
+    model = model.eval()
+    with torch.no_grad():
+        return ov.convert_model(
+            model, example_input=example_input(resolution), input=[(1, 3, resolution, resolution)]
+        )
+
+
+def save_openvino(ov_model, path: str | Path) -> Path:
+    """Save IR as true FP32 (ov.save_model defaults to FP16 weights)."""
+    import openvino as ov
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
