@@ -1,0 +1,57 @@
+"""python -m nas.models --preset NAME | --arch FILE: print parameters and MACs (thop) at 224."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from nas.errors import UserError, run_cli
+
+
+def count(arch, resolution: int) -> dict:
+    from thop import profile
+
+    from nas.models import build_model
+
+    model = build_model(arch).eval()
+    params = sum(p.numel() for p in model.parameters())
+    macs, _ = profile(model, (torch.randn(1, 3, resolution, resolution),), verbose=False)
+    return {"name": arch.name, "hash": arch.hash, "resolution": resolution,
+            "params_m": round(params / 1e6, 3), "macs_g": round(macs / 1e9, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.presets import list_presets, load_preset
+    from nas.space import load_arch_file
+
+    parser = argparse.ArgumentParser(prog="python -m nas.models", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
+    group.add_argument("--arch", help="an architecture YAML file (e.g. a winner's arch.yaml)")
+    group.add_argument("--all", action="store_true", help="every preset (the default)")
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    args = parser.parse_args(argv)
+    if args.resolution < 16:
+        raise UserError(f"--resolution {args.resolution}: must be at least 16")
+    if args.arch:
+        archs = [load_arch_file(args.arch)]
+    elif args.preset:
+        archs = [load_preset(args.preset)]
+    else:
+        archs = [load_preset(name) for name in list_presets()]
+    for arch in archs:
+        row = count(arch, args.resolution)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['name'] or row['hash']:<24} params {row['params_m']:8.3f} M   "
+                  f"MACs {row['macs_g']:7.3f} G @ {args.resolution}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,266 @@
+"""The YAML search space: load, validate (one-line errors), and sample `Arch`es from Optuna trials.
+
+A knob is a scalar (fixed), a list (categorical choices) or {low, high, step} (an integer range).
+Unknown keys are errors. Cross-field rules (width divisible by head_dim, feature maps that do not
+vanish at the proxy resolution) are checked over every combination the space allows, so a
+sampled architecture always builds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nas.arch import ATTENTION_MIXERS, Arch, StageSpec
+from nas.errors import ConfigError
+from nas.models.blocks import STEM_STRIDES
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+
+MixerName = Literal["catm", "litemla", "glsra", "mbconv"]
+StemKind = Literal["conv2", "dsconv", "patch"]
+DownsampleKind = Literal["none", "conv", "mbconv"]
+HeadKind = Literal["cas", "evit", "vit"]
+MAX_DEPTH = 32
+MAX_WIDTH = 4096
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class IntRange(_Strict):
+    low: Annotated[int, Field(ge=0)]
+    high: Annotated[int, Field(ge=0)]
+    step: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+def _nonempty(kind: Any) -> Any:
+    return Annotated[list[kind], Field(min_length=1)]
+
+
+Depth = Annotated[int, Field(ge=0, le=MAX_DEPTH)]
+Width = Annotated[int, Field(ge=8, le=MAX_WIDTH)]
+Ratio = Annotated[float, Field(gt=0.0, lt=1.0)]
+Expand = Annotated[float, Field(ge=1.0, le=8.0)]
+HeadDim = Annotated[int, Field(ge=4, le=256)]
+Tokens = Annotated[int, Field(ge=1, le=64)]
+PoolSize = Annotated[int, Field(ge=1, le=32)]
+
+
+def choices(knob: Any) -> list[Any]:
+    """Every value a knob allows, in order."""
+    if isinstance(knob, IntRange):
+        return knob.values()
+    return list(knob) if isinstance(knob, list) else [knob]
+
+
+class StemSpace(_Strict):
+    kind: StemKind | _nonempty(StemKind) = "dsconv"
+    width: Width | _nonempty(Width) | IntRange = 16
+    depth: Depth | _nonempty(Depth) | IntRange = 1
+
+
+class StageSpace(_Strict):
+    mixer: MixerName | _nonempty(MixerName)
+    depth: Depth | _nonempty(Depth) | IntRange
+    width: Width | _nonempty(Width)
+    expand: Expand | _nonempty(Expand) = 4.0
+    downsample: DownsampleKind | _nonempty(DownsampleKind) = "conv"
+    head_dim: HeadDim | _nonempty(HeadDim) = 16
+    keep_ratio: Ratio | _nonempty(Ratio) = 0.5
+    fusion_tokens: Tokens | _nonempty(Tokens) = 4
+    pool_size: PoolSize | _nonempty(PoolSize) = 7
+
+    @model_validator(mode="after")
+    def _heads_divide_widths(self) -> StageSpace:
+        if not set(choices(self.mixer)) & set(ATTENTION_MIXERS):
+            return self
+        for width, head_dim in itertools.product(choices(self.width), choices(self.head_dim)):
+            if width % head_dim:
+                raise ValueError(
+                    f"width {width} is not divisible by head_dim {head_dim} "
+                    f"(attention mixers {list(ATTENTION_MIXERS)} need whole heads)"
+                )
+        return self
+
+
+class ResolutionSpace(_Strict):
+    proxy: Annotated[int, Field(ge=16, le=1024)] = 64
+    target: Annotated[int, Field(ge=16, le=1024)] = 224
+
+
+class HeadSpace(_Strict):
+    kind: HeadKind | _nonempty(HeadKind) = "evit"
+    widths: _nonempty(Annotated[list[Width], Field(min_length=2, max_length=2)]) = [[1024, 1280]]
+
+
+class SearchSpace(_Strict):
+    """A validated search space. `source` names the file for error messages."""
+
+    name: str = "search space"
+    resolution: ResolutionSpace = ResolutionSpace()
+    stem: StemSpace = StemSpace()
+    stages: Annotated[list[StageSpace], Field(min_length=1, max_length=8)]
+    head: HeadSpace = HeadSpace()
+
+    @model_validator(mode="after")
+    def _maps_do_not_vanish(self) -> SearchSpace:
+        """At the smallest resolution and largest stride every stage keeps a feature map."""
+        stride = max(STEM_STRIDES[k] for k in choices(self.stem.kind))
+        for index, stage in enumerate(self.stages):
+            if set(choices(stage.downsample)) - {"none"}:
+                stride *= 2
+            side = self.resolution.proxy // stride
+            need = 2 if "glsra" in choices(stage.mixer) else 1
+            if side < need:
+                raise ValueError(
+                    f"stages[{index}]: proxy resolution {self.resolution.proxy} / stride {stride} leaves "
+                    f"a {side}x{side} map; {'glsra needs at least 2x2' if need == 2 else 'it vanishes'} "
+                    "(raise resolution.proxy or use fewer downsampling stages)"
+                )
+        return self
+
+    # ---- sampling -------------------------------------------------------------------------
+    def sample(self, trial: Any, num_classes: int) -> Arch:
+        """Draw an Arch through an Optuna trial (any object with suggest_categorical/suggest_int)."""
+
+        def pick(name: str, knob: Any) -> Any:
+            if isinstance(knob, IntRange):
+                if knob.low == knob.high:
+                    return knob.low
+                return trial.suggest_int(name, knob.low, knob.high, step=knob.step)
+            values = choices(knob)
+            return values[0] if len(values) == 1 else trial.suggest_categorical(name, values)
+
+        stages = []
+        for i, st in enumerate(self.stages):
+            mixer = pick(f"s{i}.mixer", st.mixer)
+            fields: dict[str, Any] = {
+                "mixer": mixer,
+                "depth": pick(f"s{i}.depth", st.depth),
+                "width": pick(f"s{i}.width", st.width),
+                "expand": pick(f"s{i}.expand", st.expand),
+                "downsample": pick(f"s{i}.downsample", st.downsample),
+            }
+            # Knobs a mixer does not use keep their defaults, so equal networks hash equally.
+            if mixer in ATTENTION_MIXERS:
+                fields["head_dim"] = pick(f"s{i}.head_dim", st.head_dim)
+            if mixer == "glsra":
+                fields["keep_ratio"] = pick(f"s{i}.keep_ratio", st.keep_ratio)
+                fields["fusion_tokens"] = pick(f"s{i}.fusion_tokens", st.fusion_tokens)
+                fields["pool_size"] = pick(f"s{i}.pool_size", st.pool_size)
+            stages.append(StageSpec(**fields))
+        stem_kind = pick("stem.kind", self.stem.kind)
+        head_kind = pick("head.kind", self.head.kind)
+        head_widths: tuple[int, ...] = ()
+        if head_kind == "evit":
+            options = {f"{a}x{b}": (a, b) for a, b in self.head.widths}
+            head_widths = options[pick("head.widths", list(options))]
+        return Arch(
+            stages=tuple(stages),
+            stem_kind=stem_kind,
+            stem_width=pick("stem.width", self.stem.width),
+            stem_depth=pick("stem.depth", self.stem.depth) if stem_kind == "dsconv" else 0,
+            head_kind=head_kind,
+            head_widths=head_widths,
+            num_classes=num_classes,
+        )
+
+
+# ---- loading with one-line errors -------------------------------------------------------------
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif not str(item).startswith(("function-", "list[", "literal[", "int", "float", "str", "IntRange",
+                                      "constrained-")):
+            parts.append(f".{item}" if parts else str(item))
+    return "".join(parts) or "<top level>"
+
+
+def _one_line(source: str, exc: ValidationError) -> str:
+    """The most specific error, as `file: key.path: message (got value)`."""
+    errors = exc.errors(include_url=False)
+    # Union knobs give one error per alternative; the deepest location is the most telling.
+    first = max(errors, key=lambda e: len(e["loc"]))
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{source}: {_key_path(first['loc'])}: {message}{shown}"
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (binary or not UTF-8)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    path = Path(path) if path is not None else DEFAULT_SPACE
+    data = _read_yaml(path)
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(str(path), exc)) from None
+
+
+class _ArchFile(_Strict):
+    """A fixed architecture (a preset or a winner's arch.yaml): every knob a single value."""
+
+    name: str = ""
+    stem_kind: StemKind
+    stem_width: Width
+    stem_depth: Depth = 0
+    head_kind: HeadKind
+    head_widths: Annotated[list[Width], Field(max_length=2)] = []
+    num_classes: Annotated[int, Field(ge=2)]
+    stages: Annotated[list[StageSpace], Field(min_length=1, max_length=8)]
+
+    @model_validator(mode="after")
+    def _fixed(self) -> _ArchFile:
+        for index, stage in enumerate(self.stages):
+            chosen = [k for k, v in stage.__dict__.items() if isinstance(v, list | IntRange)]
+            if chosen:
+                raise ValueError(f"stages[{index}].{chosen[0]}: an architecture file takes one value, not choices")
+        if self.head_kind == "evit" and len(self.head_widths) != 2:
+            raise ValueError("head_kind evit needs head_widths: [H1, H2]")
+        return self
+
+
+def load_arch_file(path: str | Path) -> Arch:
+    """Read and validate a fixed architecture YAML (same messages as the search space)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    try:
+        _ArchFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(str(path), exc)) from None
+    return Arch.from_dict(data)
