@@ -7,9 +7,10 @@ No official code exists (seeds-brief §3), so every free choice below is ours an
   A = ReLU(sum_c p_c CAM_c). It is a matvec plus a 1x1 conv: cheap and exportable.
 - Selection: A is min-max normalised per image, with a 1e-3 positional tie-break (ReLU leaves
   exact ties that runtimes would break differently). One argsort of A (ONNX TopK with k=N) gives
-  both the K major tokens (highest activation) and the minor rest; K = round(keep_ratio * N) is fixed per shape, so the graph is
-  static. While training, major tokens are scaled by a straight-through factor (1 + a - a.detach())
-  so the guide receives gradient; at inference the factor is exactly 1 and is not exported.
+  both the K major tokens (highest activation) and the minor rest; K = round(keep_ratio * N) is
+  fixed per shape, so the graph is static. While training, major tokens are scaled by a
+  straight-through factor (1 + a - a.detach()) so the guide receives gradient; at inference the
+  factor is exactly 1 and is not exported.
 - Fusion: M learned fusion queries attend (per head, softmax over minor tokens) to the minor
   tokens, giving M fusion tokens, plus a learned fusion (type) embedding.
 - Position: a depthwise 3x3 conditional positional encoding on the map before selection (tokens
