@@ -1,0 +1,126 @@
+"""python -m nas.latency: measure one architecture (preset or arch file) or an exported model file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
+
+from nas.errors import ConfigError, UserError, run_cli
+from nas.latency._backends import BACKENDS, DEFAULT_BACKEND, check_backend, check_model_file, default_threads
+from nas.latency._cache import LatencyCache, default_cache_path
+from nas.latency._measure import lookup, measure, measure_ir
+from nas.latency._stats import LatencyStats
+from nas.latency._timing import MeasureSettings
+
+DEFAULT_PRESET = "efficientvit_b0"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line via run_cli, not usage + message
+        raise UserError(f"{message} (see --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m nas.latency", description=__doc__)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--preset", help=f"published architecture by name (default: {DEFAULT_PRESET})")
+    what.add_argument("--arch", type=Path, help="architecture YAML file")
+    what.add_argument("--ir", type=Path, help="exported model file: OpenVINO IR .xml or .onnx")
+    p.add_argument("--backend", default=DEFAULT_BACKEND,
+                   help=f"one of: {', '.join(BACKENDS)} (default: {DEFAULT_BACKEND})")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"inference threads (default: all cores, here {default_threads()})")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input side in pixels (default: 224; for --ir, the file's own)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, default=None,
+                       help=f"cache file (default: $VITNAS_LATENCY_CACHE or {default_cache_path()})")
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--refresh", action="store_true", help="re-measure even on a cache hit, then store")
+    p.add_argument("--quick", action="store_true", help="short measurement (smoke tests; noisier)")
+    p.add_argument("--passes", type=int, default=None, help="timed passes (default: 5)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _load_arch(args: argparse.Namespace):
+    """The Arch to build, with a UserError naming the file/preset and the allowed values."""
+    if args.arch is not None:
+        if not args.arch.is_file():
+            raise UserError(f"arch file not found: {args.arch}")
+        try:
+            from nas.space import load_arch_file  # validates with key paths
+        except ImportError:
+            from nas.arch import Arch
+
+            try:
+                return Arch.load(args.arch)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{args.arch}: {exc}") from None
+        return load_arch_file(args.arch)
+    try:
+        from nas.presets import list_presets, load_preset
+    except ImportError as exc:
+        raise UserError(f"presets are not available in this checkout ({exc}); use --arch or --ir") from None
+    name = args.preset or DEFAULT_PRESET
+    if name not in list_presets():
+        raise UserError(f"unknown preset {name!r}; allowed: {', '.join(list_presets())}")
+    return load_preset(name)
+
+
+def _print(stats: LatencyStats, label: str, cache_note: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"model": label, **stats.to_dict()}, indent=2))
+        return
+    print(f"{label}: {stats.backend} {stats.runtime_version} | {stats.device} | {stats.threads} threads | "
+          f"{stats.resolution}x{stats.resolution}{cache_note}")
+    print(f"  latency {stats.summary()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    check_backend(args.backend)  # before building anything: 'cuda' without a GPU fails fast
+    settings = MeasureSettings.quick() if args.quick else MeasureSettings()
+    if args.passes is not None:
+        if args.passes < 1:
+            raise UserError(f"--passes must be >= 1, got {args.passes}")
+        settings = replace(settings, passes=args.passes)
+    cache = None if args.no_cache else LatencyCache(args.cache)
+    hits_before = cache.hits if cache else 0
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+    if args.ir is not None:
+        label = str(args.ir)
+        check_model_file(args.ir, args.backend)
+        say(f"timing {label} on {args.backend} ...")
+        stats = measure_ir(args.ir, args.backend, args.threads, resolution=args.resolution,
+                           cache=cache, settings=settings, refresh=args.refresh)
+    else:
+        arch = _load_arch(args)
+        label = f"{arch.name or args.preset or args.arch} ({arch.hash})"
+        resolution = args.resolution or 224
+        hit = None
+        if cache is not None and not args.refresh:  # a hit needs no model built
+            hit = lookup(cache, arch.hash, resolution, args.backend, args.threads)
+        if hit is not None:
+            stats = hit
+        else:
+            from nas.models import build_model
+
+            say(f"building and timing {label} on {args.backend} ...")
+            stats = measure(build_model(arch), resolution, args.backend, args.threads,
+                            cache=cache, key=arch.hash, settings=settings, refresh=args.refresh)
+    note = ""
+    if cache is not None:
+        note = f" | cache {'hit' if cache.hits > hits_before else 'miss'}: {cache.path}"
+    _print(stats, label, note, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

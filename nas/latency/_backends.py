@@ -1,0 +1,290 @@
+"""Runtimes that can time a model: each yields a `step()` that runs one inference, returning ms.
+
+Preparation (export, compile, session creation) happens before the step is yielded, so callers
+hold the machine lock only around timing. Runtimes are imported lazily: `import nas.latency`
+must stay cheap for processes that only read the cache.
+
+Timers: OpenVINO reports `InferRequest.latency`, the runtime's own timer around `infer()`, which
+is what `benchmark_app` reports too (so the two agree like for like); the others use
+`time.perf_counter` around the blocking call (Python call overhead is ~10-20 us included).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nas.errors import BackendUnavailable, UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Step = Callable[[], float]
+
+BACKENDS = ("openvino", "onnxruntime", "torch", "cuda")
+DEFAULT_BACKEND = "openvino"
+IR_BACKENDS = ("openvino", "onnxruntime")
+
+
+def default_threads() -> int:
+    """All cores this process may run on (the affinity mask, which os.cpu_count() ignores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_backend(backend: str) -> None:
+    """Raise a UserError naming the allowed values, or BackendUnavailable if it cannot run here."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown latency backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    if backend == "cuda" and not _torch().cuda.is_available():
+        raise BackendUnavailable(
+            f"backend 'cuda' needs a CUDA GPU, but none is available to torch {_torch().__version__} "
+            f"on this machine; use one of: {', '.join(b for b in BACKENDS if b != 'cuda')}"
+        )
+
+
+def check_threads(threads: int | None) -> int:
+    if threads is None:
+        return default_threads()
+    if int(threads) < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def runtime_version(backend: str) -> str:
+    if backend == "openvino":
+        import openvino
+
+        return openvino.__version__
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    torch = _torch()
+    return f"{torch.__version__} (CUDA {torch.version.cuda})" if backend == "cuda" else torch.__version__
+
+
+@functools.cache
+def cpu_name() -> str:
+    """CPU model string from /proc/cpuinfo (e.g. 'AMD EPYC'), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(backend: str) -> str:
+    if backend == "cuda":
+        check_backend("cuda")
+        return _torch().cuda.get_device_name(0)
+    return cpu_name()
+
+
+# --- OpenVINO ---------------------------------------------------------------------------------
+
+@functools.cache
+def _ov_core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def openvino_config(threads: int) -> dict[str, str]:
+    """Sync single-stream latency settings, the same as benchmark_app's
+    `-hint none -nstreams 1 -nthreads T -nireq 1 -api sync` (the CPU plugin's default hint is
+    LATENCY; stating it keeps us on it if that default changes)."""
+    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+
+
+def _ov_step(ov_model: Any, threads: int, data: np.ndarray) -> Step:
+    import openvino as ov
+
+    compiled = _ov_core().compile_model(ov_model, "CPU", openvino_config(threads))
+    request = compiled.create_infer_request()
+    request.set_input_tensor(ov.Tensor(np.ascontiguousarray(data)))
+    infer = request.infer
+
+    def step() -> float:
+        infer(share_outputs=True)  # no copy of the outputs we never read
+        return request.latency
+
+    return step
+
+
+def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
+    """Read .xml or .onnx; fix a dynamic input shape to [1, 3, R, R]; return model, input, R."""
+    model = _ov_core().read_model(str(path))
+    if len(model.inputs) != 1:
+        raise UserError(f"{path}: expected one input, found {len(model.inputs)}")
+    port = model.inputs[0]
+    if port.get_partial_shape().is_dynamic:
+        if resolution is None:
+            raise UserError(f"{path}: input shape {port.get_partial_shape()} is dynamic; give a resolution")
+        model.reshape({port.get_any_name(): [1, 3, resolution, resolution]})
+        port = model.inputs[0]
+    shape = list(port.get_shape())
+    _check_shape(path, shape, resolution)
+    dtype = port.get_element_type().to_dtype()
+    return model, _fill(shape, dtype), int(shape[-1])
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+
+def _ort_step(onnx_path: Path, threads: int, resolution: int | None) -> tuple[Step, int]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise UserError(f"{onnx_path}: expected one input, found {len(inputs)}")
+    dims = inputs[0].shape
+    if any(not isinstance(d, int) for d in dims):
+        if resolution is None:
+            raise UserError(f"{onnx_path}: the input shape {dims} is dynamic; give a resolution")
+        dims = [1, 3, resolution, resolution]
+    _check_shape(onnx_path, dims, resolution)
+    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inputs[0].type, np.float32)
+    feed = {inputs[0].name: _fill(dims, dtype)}
+    run = session.run
+    clock = time.perf_counter
+
+    def step() -> float:
+        start = clock()
+        run(None, feed)
+        return (clock() - start) * 1e3
+
+    return step, int(dims[-1])
+
+
+# --- PyTorch -----------------------------------------------------------------------------------
+
+def _torch() -> Any:
+    import torch  # lazily: the CLI's error paths and cache-only users need not pay ~2 s for it
+
+    return torch
+
+
+def _torch_step(model: nn.Module, data: torch.Tensor, sync: Callable[[], None] | None) -> Step:
+    torch = _torch()
+    clock = time.perf_counter
+
+    def step() -> float:
+        with torch.inference_mode():
+            start = clock()
+            model(data)
+            if sync is not None:
+                sync()  # CUDA launches are asynchronous: wait for the kernels
+            return (clock() - start) * 1e3
+
+    return step
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    torch = _torch()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def _check_shape(path: Path, shape: list[Any], resolution: int | None) -> None:
+    if len(shape) != 4 or shape[0] != 1:
+        raise UserError(f"{path}: expected a batch-1 NCHW image input, found shape {shape}")
+    if resolution is not None and (shape[2], shape[3]) != (resolution, resolution):
+        raise UserError(f"{path}: the input shape is fixed at {shape}, not resolution {resolution}")
+
+
+def _fill(shape: list[int], dtype: Any) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+
+
+@contextmanager
+def model_runner(backend: str, model: nn.Module, resolution: int, threads: int) -> Iterator[Step]:
+    """Prepare `model` on `backend` (export/compile outside the caller's timing) and yield step."""
+    from nas.export import convert_openvino, example_input, export_onnx
+
+    check_backend(backend)
+    torch = _torch()
+    was_training = model.training
+    model.eval()
+    try:
+        if backend == "openvino":
+            yield _ov_step(convert_openvino(model, resolution), threads, example_input(resolution).numpy())
+        elif backend == "onnxruntime":
+            with tempfile.TemporaryDirectory(prefix="vitnas-latency-") as tmp:
+                onnx_path = export_onnx(model, Path(tmp) / "model.onnx", resolution)
+                step, _ = _ort_step(onnx_path, threads, resolution)
+            yield step  # the session holds the graph in memory; the file is no longer needed
+        elif backend == "torch":
+            with _torch_threads(threads):
+                yield _torch_step(model, example_input(resolution), None)
+        else:  # cuda: a copy, so the caller's model stays where it was
+            with _torch_threads(threads):
+                gpu_model = copy.deepcopy(model).to("cuda").eval()
+                yield _torch_step(gpu_model, example_input(resolution).to("cuda"), torch.cuda.synchronize)
+    finally:
+        model.train(was_training)
+
+
+def check_model_file(path: str | Path, backend: str) -> Path:
+    """Validate an exported model file for `backend`; UserError naming what is wrong."""
+    path = Path(path)
+    if backend not in IR_BACKENDS:
+        raise UserError(f"cannot time a model file on backend {backend!r}; allowed: {', '.join(IR_BACKENDS)}")
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".xml", ".onnx"):
+        raise UserError(f"{path}: unsupported model file type {suffix!r}; allowed: .xml, .onnx")
+    if backend == "onnxruntime" and suffix != ".onnx":
+        raise UserError(f"{path}: onnxruntime reads .onnx files only; use backend 'openvino' for IR")
+    return path
+
+
+def model_file_resolution(path: Path, resolution: int | None) -> int:
+    """The resolution a model file will run at (its fixed input side, or `resolution`)."""
+    if resolution is not None:
+        return resolution
+    return _ov_read(path, None)[2]  # reading (not compiling) is cheap; ORT's ONNX reads the same
+
+
+@contextmanager
+def ir_runner(backend: str, path: str | Path, threads: int,
+              resolution: int | None = None) -> Iterator[tuple[Step, int]]:
+    """Prepare an exported model file; yield (step, resolution it runs at).
+
+    .xml (OpenVINO IR) runs on openvino; .onnx on onnxruntime or openvino (which reads ONNX).
+    """
+    path = check_model_file(path, backend)
+    if backend == "openvino":
+        ov_model, data, res = _ov_read(path, resolution)
+        yield _ov_step(ov_model, threads, data), res
+    else:
+        yield _ort_step(path, threads, resolution)

@@ -1,0 +1,127 @@
+"""measure() and measure_ir(): cache lookup, prepare on the backend, time under the machine lock."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nas.errors import UserError
+from nas.latency import _backends as backends
+from nas.latency._cache import LatencyCache
+from nas.latency._stats import CacheKey, LatencyStats
+from nas.latency._timing import MeasureSettings, Step, sample
+from nas.machine_lock import measuring
+
+if TYPE_CHECKING:
+    from torch import nn
+
+CacheArg = LatencyCache | str | Path | None
+
+
+def _as_cache(cache: CacheArg) -> LatencyCache | None:
+    if cache is None or isinstance(cache, LatencyCache):
+        return cache
+    return LatencyCache(cache)
+
+
+def _check_resolution(resolution: int) -> int:
+    if int(resolution) < 8:
+        raise UserError(f"resolution must be >= 8 pixels, got {resolution}")
+    return int(resolution)
+
+
+def _time(step: Step, settings: MeasureSettings | None, key: CacheKey) -> LatencyStats:
+    with measuring():  # exclusive: no training epoch runs on these cores while we time
+        summary, attempts = sample(step, settings or MeasureSettings())
+    return LatencyStats.from_summary(summary, backend=key.backend, runtime_version=key.runtime_version,
+                                     device=key.device, threads=key.threads, resolution=key.resolution,
+                                     attempts=attempts, key=key.key)
+
+
+def _model_key(key: str, resolution: int, backend: str, threads: int) -> CacheKey:
+    return CacheKey(key, backend, backends.device_name(backend), resolution, threads,
+                    backends.runtime_version(backend))
+
+
+def lookup(cache: LatencyCache | str | Path, key: str, resolution: int = 224,
+           backend: str = backends.DEFAULT_BACKEND, threads: int | None = None) -> LatencyStats | None:
+    """The cached measurement `measure(..., cache=cache, key=key)` would return, else None.
+
+    Lets a caller skip building the model on a hit.
+    """
+    backends.check_backend(backend)
+    store = _as_cache(cache)
+    assert store is not None
+    return store.get(_model_key(key, _check_resolution(resolution), backend, backends.check_threads(threads)))
+
+
+def measure(model: nn.Module, resolution: int = 224, backend: str = backends.DEFAULT_BACKEND,
+            threads: int | None = None, *, cache: CacheArg = None, key: str | None = None,
+            settings: MeasureSettings | None = None, refresh: bool = False) -> LatencyStats:
+    """Batch-1 latency of `model` at `resolution` x `resolution` on `backend`.
+
+    `threads` defaults to all cores. With a `cache` (a LatencyCache or a path), `key` names the
+    model (use `arch.hash`): a hit returns without exporting anything; `refresh` re-measures.
+    The model is exported/compiled first; only the timing holds `nas.machine_lock.measuring()`.
+    """
+    backends.check_backend(backend)
+    threads = backends.check_threads(threads)
+    resolution = _check_resolution(resolution)
+    store = _as_cache(cache)
+    if store is not None and not key:
+        raise ValueError("measure(cache=...) needs key= (e.g. arch.hash) to name the model")
+    cache_key = _model_key(key or "", resolution, backend, threads)
+    if store is not None and not refresh:
+        hit = store.get(cache_key)
+        if hit is not None:
+            return hit
+    with backends.model_runner(backend, model, resolution, threads) as step:
+        stats = _time(step, settings, cache_key)
+    if store is not None:
+        store.put(stats)
+    return stats
+
+
+def file_key(path: str | Path) -> str:
+    """Content hash of an exported model (an IR's .xml and its .bin), for caching by content."""
+    path = Path(path)
+    digest = hashlib.sha1()
+    for part in (path, path.with_suffix(".bin") if path.suffix.lower() == ".xml" else None):
+        if part is not None and part.is_file():
+            with open(part, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return "file:" + digest.hexdigest()[:12]
+
+
+def measure_ir(path: str | Path, backend: str = backends.DEFAULT_BACKEND, threads: int | None = None,
+               *, resolution: int | None = None, cache: CacheArg = None, key: str | None = None,
+               settings: MeasureSettings | None = None, refresh: bool = False) -> LatencyStats:
+    """Latency of an exported model file: OpenVINO IR (.xml) or ONNX (.onnx).
+
+    .xml runs on openvino, .onnx on onnxruntime or openvino. The input shape is the file's own;
+    `resolution` is needed only for a dynamic-shape file. With a cache, `key` defaults to a hash
+    of the file contents, so re-exported identical files hit.
+    """
+    backends.check_backend(backend)
+    path = backends.check_model_file(path, backend)
+    threads = backends.check_threads(threads)
+    if resolution is not None:
+        resolution = _check_resolution(resolution)
+    store = _as_cache(cache)
+    device, version = backends.device_name(backend), backends.runtime_version(backend)
+    if store is not None and not refresh:
+        key = key or file_key(path)
+        cache_key = CacheKey(key, backend, device, backends.model_file_resolution(path, resolution),
+                             threads, version)
+        hit = store.get(cache_key)
+        if hit is not None:
+            return hit
+    with backends.ir_runner(backend, path, threads, resolution) as (step, res):
+        if store is not None:
+            key = key or file_key(path)
+        stats = _time(step, settings, CacheKey(key or "", backend, device, res, threads, version))
+    if store is not None:
+        store.put(stats)
+    return stats

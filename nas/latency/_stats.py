@@ -1,0 +1,151 @@
+"""The latency record and the statistics computed from timed passes.
+
+The estimate is the *minimum of the pass medians*: on these shared machines slow periods of
+seconds make whole passes 1.3-1.9x slower, so the fastest pass median estimates the quiet machine
+while a median over everything drifts with the load (design.md, "Known traps"). The overall median,
+p90, IQR and CVs are kept so a reader can see how much to trust the estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a latency depends on; the runtime version is part of it, so upgrading invalidates."""
+
+    key: str
+    backend: str
+    device: str
+    resolution: int
+    threads: int
+    runtime_version: str
+
+    def as_str(self) -> str:
+        return json.dumps([self.key, self.backend, self.device, self.resolution, self.threads,
+                           self.runtime_version])
+
+
+@dataclass(frozen=True)
+class PassSummary:
+    """Statistics of a set of passes (lists of per-inference times in ms)."""
+
+    estimate_ms: float  # min of pass medians
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    p90_ms: float
+    iqr_ms: float
+    cv: float  # of all samples
+    pass_medians_ms: tuple[float, ...]
+    pass_cv: float  # of the pass medians: the steadiness criterion
+    samples: int
+    unsteady: bool
+
+
+def _cv(values: np.ndarray) -> float:
+    if values.size < 2 or values.mean() <= 0:
+        return 0.0
+    return float(values.std(ddof=1) / values.mean())
+
+
+def pass_cv(passes: Sequence[Sequence[float]]) -> float:
+    """Coefficient of variation of the pass medians (0 for a single pass)."""
+    return _cv(np.array([np.median(p) for p in passes], dtype=float))
+
+
+def summarize(passes: Sequence[Sequence[float]], unsteady_cv: float) -> PassSummary:
+    """Summarise timed passes; `unsteady` when the pass medians' CV exceeds `unsteady_cv`."""
+    passes = [p for p in passes if len(p)]
+    if not passes:
+        raise ValueError("no timings to summarise")
+    medians = np.array([np.median(p) for p in passes], dtype=float)
+    values = np.concatenate([np.asarray(p, dtype=float) for p in passes])
+    q1, q3 = np.percentile(values, [25, 75])
+    spread = _cv(medians)
+    return PassSummary(
+        estimate_ms=float(medians.min()),
+        median_ms=float(np.median(values)),
+        mean_ms=float(values.mean()),
+        min_ms=float(values.min()),
+        p90_ms=float(np.percentile(values, 90)),
+        iqr_ms=float(q3 - q1),
+        cv=_cv(values),
+        pass_medians_ms=tuple(float(m) for m in medians),
+        pass_cv=spread,
+        samples=int(values.size),
+        unsteady=bool(spread > unsteady_cv),
+    )
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One measurement: what was timed, where, how, and the statistics (all times in ms)."""
+
+    backend: str
+    runtime_version: str
+    device: str
+    threads: int
+    resolution: int
+    estimate_ms: float
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    p90_ms: float
+    iqr_ms: float
+    cv: float
+    pass_medians_ms: tuple[float, ...]
+    pass_cv: float
+    samples: int
+    unsteady: bool
+    attempts: int = 1
+    key: str = ""
+    measured_at: float = 0.0  # unix time
+
+    @classmethod
+    def from_summary(cls, summary: PassSummary, *, backend: str, runtime_version: str, device: str,
+                     threads: int, resolution: int, attempts: int = 1, key: str = "") -> LatencyStats:
+        return cls(backend=backend, runtime_version=runtime_version, device=device, threads=threads,
+                   resolution=resolution, attempts=attempts, key=key, measured_at=time.time(),
+                   **asdict(summary))
+
+    @property
+    def ms(self) -> float:
+        """The number to optimise against: the quiet-machine estimate."""
+        return self.estimate_ms
+
+    def cache_key(self) -> CacheKey:
+        return CacheKey(self.key, self.backend, self.device, self.resolution, self.threads,
+                        self.runtime_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pass_medians_ms"] = list(self.pass_medians_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        """Inverse of `to_dict`; unknown keys (from a newer writer) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["pass_medians_ms"] = tuple(float(v) for v in values.get("pass_medians_ms", ()))
+        stats = cls(**values)
+        if not math.isfinite(stats.estimate_ms):
+            raise ValueError(f"non-finite latency in record: {data}")
+        return stats
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        flag = "  [UNSTEADY]" if self.unsteady else ""
+        return (f"{self.estimate_ms:.3f} ms  (median {self.median_ms:.3f}, p90 {self.p90_ms:.3f}, "
+                f"IQR {self.iqr_ms:.3f}, CV {100 * self.cv:.1f}%, pass CV {100 * self.pass_cv:.1f}%, "
+                f"{self.samples} samples in {len(self.pass_medians_ms)} passes, "
+                f"{self.attempts} attempt(s)){flag}")

@@ -1,0 +1,316 @@
+"""nas.latency: statistics, sampling loop, cache (incl. several processes), real runtimes, CLI.
+
+Real OpenVINO / ONNX Runtime / PyTorch on a tiny conv net; no timed assertions (this machine's
+timing noise is large), only sanity: positive, finite, metadata recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas.errors import BackendUnavailable, UserError
+from nas.export import convert_openvino, export_onnx, save_openvino
+from nas.latency import (
+    CacheKey,
+    LatencyCache,
+    LatencyStats,
+    MeasureSettings,
+    file_key,
+    measure,
+    measure_ir,
+    runtime_version,
+    summarize,
+)
+from nas.latency._timing import sample
+
+REPO = Path(__file__).resolve().parent.parent
+RES = 32
+FAST = MeasureSettings.quick()
+
+
+@pytest.fixture(autouse=True)
+def _private_lock(tmp_path, monkeypatch):
+    # Our own machine lock and cache: never wait on (or block) a real search running here.
+    monkeypatch.setenv("VITNAS_LOCK", str(tmp_path / "machine.lock"))
+    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(tmp_path / "default-cache.jsonl"))
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("exported")
+    model = tiny_model()
+    return {
+        "xml": save_openvino(convert_openvino(model, RES), out / "tiny.xml"),
+        "onnx": export_onnx(model, out / "tiny.onnx", RES),
+    }
+
+
+def fake_stats(**changes) -> LatencyStats:
+    summary = summarize([[1.0, 1.1, 1.2], [1.0, 1.05, 1.1]], unsteady_cv=0.05)
+    stats = LatencyStats.from_summary(summary, backend="openvino", runtime_version="1.0", device="CPU X",
+                                      threads=2, resolution=224, key="abc")
+    return replace(stats, **changes)
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+def test_summarize_synthetic_timings():
+    passes = [[3.0, 1.0, 2.0, 4.0], [2.0, 3.0, 4.0, 5.0], [10.0, 11.0, 12.0, 13.0]]
+    s = summarize(passes, unsteady_cv=0.05)
+    values = np.concatenate(passes)
+    assert s.pass_medians_ms == (2.5, 3.5, 11.5)
+    assert s.estimate_ms == 2.5  # min of pass medians, not of samples
+    assert s.min_ms == 1.0
+    assert s.median_ms == pytest.approx(np.median(values))
+    assert s.p90_ms == pytest.approx(np.percentile(values, 90))
+    assert s.iqr_ms == pytest.approx(np.percentile(values, 75) - np.percentile(values, 25))
+    assert s.cv == pytest.approx(values.std(ddof=1) / values.mean())
+    medians = np.array([2.5, 3.5, 11.5])
+    assert s.pass_cv == pytest.approx(medians.std(ddof=1) / medians.mean())
+    assert s.samples == 12 and s.unsteady
+
+
+def test_summarize_steady_and_single_pass():
+    steady = summarize([[2.0, 2.1, 1.9]] * 4, unsteady_cv=0.05)
+    assert steady.pass_cv == 0.0 and not steady.unsteady and steady.estimate_ms == 2.0
+    single = summarize([[5.0, 7.0]], unsteady_cv=0.05)
+    assert single.pass_cv == 0.0 and single.estimate_ms == 6.0
+    with pytest.raises(ValueError):
+        summarize([[]], unsteady_cv=0.05)
+
+
+def _scripted_step(values):
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_sample_remeasures_unsteady_then_stops():
+    settings = MeasureSettings(warmup_iters=1, warmup_seconds=0, passes=2, min_samples=2,
+                               min_seconds_per_pass=0, max_seconds_per_pass=60, max_retries=3)
+    # warm-up 1, then attempt 1 (passes 1,1 | 5,5: unsteady), attempt 2 (2,2 | 2,2: steady)
+    summary, attempts = sample(_scripted_step([9, 1, 1, 5, 5, 2, 2, 2, 2]), settings)
+    assert attempts == 2 and not summary.unsteady and summary.estimate_ms == 2
+
+
+def test_sample_retries_are_bounded_and_keep_steadiest():
+    settings = MeasureSettings(warmup_iters=0, warmup_seconds=0, passes=2, min_samples=1,
+                               min_seconds_per_pass=0, max_seconds_per_pass=60, max_retries=2)
+    noisy = [1, 3, 1, 2, 1, 4]  # pass CVs: large, smaller, largest
+    summary, attempts = sample(_scripted_step(noisy), settings)
+    assert attempts == 3 and summary.unsteady
+    assert summary.pass_medians_ms == (1.0, 2.0)
+
+
+def test_stats_round_trip_json():
+    stats = fake_stats()
+    data = json.loads(json.dumps(stats.to_dict()))
+    assert LatencyStats.from_dict(data) == stats
+    assert LatencyStats.from_dict({**data, "from_a_newer_writer": 1}) == stats
+    assert stats.ms == stats.estimate_ms and "ms" in stats.summary()
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+def test_cache_hit_miss_and_persistence(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    cache = LatencyCache(path)
+    stats = fake_stats()
+    assert cache.get(stats.cache_key()) is None and cache.misses == 1
+    cache.put(stats)
+    assert cache.get(stats.cache_key()) == stats and cache.hits == 1
+    assert LatencyCache(path).get(stats.cache_key()) == stats  # another process / instance
+
+
+def test_cache_key_covers_runtime_version_threads_resolution(tmp_path):
+    cache = LatencyCache(tmp_path / "cache.jsonl")
+    stats = fake_stats()
+    cache.put(stats)
+    key = stats.cache_key()
+    assert cache.get(replace(key, runtime_version="2.0")) is None  # runtime upgraded: invalid
+    assert cache.get(replace(key, threads=1)) is None
+    assert cache.get(replace(key, resolution=160)) is None
+    assert cache.get(replace(key, backend="onnxruntime")) is None
+    assert cache.get(replace(key, device="other CPU")) is None
+    newer = fake_stats(runtime_version="2.0", estimate_ms=0.9)
+    cache.put(newer)
+    assert cache.get(newer.cache_key()) == newer and cache.get(key) == stats
+    assert cache.compact(keep=lambda s: s.runtime_version == "2.0") == 1
+    fresh = LatencyCache(cache.path)
+    assert fresh.get(key) is None and fresh.get(newer.cache_key()) == newer
+    assert cache.get(key) is None  # the instance that compacted re-reads too
+
+
+def test_cache_latest_entry_wins_and_torn_lines_are_skipped(tmp_path):
+    cache = LatencyCache(tmp_path / "cache.jsonl")
+    cache.put(fake_stats(estimate_ms=2.0))
+    with open(cache.path, "a") as handle:
+        handle.write('{"schema": 1, "stats": {"backend": "openv')  # a writer killed mid-line
+    reader = LatencyCache(cache.path)
+    assert len(reader) == 1
+    cache.put(fake_stats(estimate_ms=3.0))  # starts on a new line, not glued to the torn one
+    assert reader.get(fake_stats().cache_key()).estimate_ms == 3.0
+    with pytest.raises(ValueError):
+        cache.put(fake_stats(key=""))
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from dataclasses import replace
+    from nas.latency import LatencyCache, LatencyStats, summarize
+    path, worker = sys.argv[1], int(sys.argv[2])
+    cache = LatencyCache(path)
+    base = LatencyStats.from_summary(summarize([[1.0, 2.0]], 0.05), backend="openvino",
+                                     runtime_version="1", device="cpu", threads=1, resolution=8)
+    for i in range(40):
+        cache.put(replace(base, key=f"w{worker}-{i}", estimate_ms=float(i + 1)))
+        assert cache.get(replace(base, key=f"w{worker}-{i}").cache_key()) is not None
+""")
+
+
+def test_cache_is_safe_for_several_processes(tmp_path):
+    path = tmp_path / "shared.jsonl"
+    workers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)], cwd=REPO)
+               for w in range(4)]
+    assert all(p.wait(timeout=60) == 0 for p in workers)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 160 and all(json.loads(line)["schema"] == 1 for line in lines)
+    cache = LatencyCache(path)
+    assert len(cache) == 160
+    keys = {s.key for s in cache.entries()}
+    assert keys == {f"w{w}-{i}" for w, i in itertools.product(range(4), range(40))}
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendUnavailable, match=r"cuda.*GPU.*openvino, onnxruntime, torch"):
+        measure(tiny_model(), RES, backend="cuda")
+
+
+def test_unknown_backend_names_allowed_values():
+    with pytest.raises(UserError, match="allowed: openvino, onnxruntime, torch, cuda"):
+        measure(tiny_model(), RES, backend="tensorrt")
+    with pytest.raises(UserError, match="threads"):
+        measure(tiny_model(), RES, threads=0)
+
+
+def _check_sane(stats: LatencyStats, backend: str, threads: int, resolution: int) -> None:
+    for value in (stats.estimate_ms, stats.median_ms, stats.p90_ms, stats.min_ms, stats.mean_ms):
+        assert value > 0 and math.isfinite(value)
+    assert stats.min_ms <= stats.estimate_ms <= max(stats.pass_medians_ms)
+    assert stats.iqr_ms >= 0 and stats.cv >= 0 and stats.pass_cv >= 0
+    assert stats.samples >= FAST.passes and len(stats.pass_medians_ms) == FAST.passes
+    assert stats.backend == backend and stats.threads == threads and stats.resolution == resolution
+    assert stats.runtime_version == runtime_version(backend) and stats.device
+    assert stats.measured_at > 0 and stats.attempts >= 1
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "torch"])
+def test_real_measurement_on_each_cpu_backend(backend):
+    model = tiny_model().train()
+    threads_before = torch.get_num_threads()
+    stats = measure(model, RES, backend=backend, threads=1, settings=FAST)
+    _check_sane(stats, backend, 1, RES)
+    assert model.training  # the caller's model is left as it was
+    assert torch.get_num_threads() == threads_before  # torch's global threads restored
+
+
+def test_measure_uses_cache_and_skips_work_on_hit(tmp_path):
+    cache = LatencyCache(tmp_path / "c.jsonl")
+    first = measure(tiny_model(), RES, threads=1, cache=cache, key="tiny", settings=FAST)
+    again = measure(tiny_model(), RES, threads=1, cache=cache.path, key="tiny", settings=FAST)
+    assert again == first  # same record: measured_at identical, nothing re-timed
+    other = measure(tiny_model(), RES, threads=2, cache=cache, key="tiny", settings=FAST)
+    assert other.threads == 2 and len(LatencyCache(cache.path)) == 2
+    with pytest.raises(ValueError, match="key"):
+        measure(tiny_model(), RES, cache=cache, settings=FAST)
+
+
+@pytest.mark.parametrize(("kind", "backend"), [("xml", "openvino"), ("onnx", "onnxruntime"),
+                                               ("onnx", "openvino")])
+def test_measure_ir_on_exported_files(exported, kind, backend, tmp_path):
+    stats = measure_ir(exported[kind], backend, threads=1, settings=FAST, cache=tmp_path / "c.jsonl")
+    _check_sane(stats, backend, 1, RES)  # resolution read from the file's fixed input shape
+    assert stats.key == file_key(exported[kind])
+    hit = measure_ir(exported[kind], backend, threads=1, settings=FAST, cache=tmp_path / "c.jsonl")
+    assert hit == stats
+
+
+def test_measure_ir_bad_input(exported, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        measure_ir(tmp_path / "missing.xml")
+    with pytest.raises(UserError, match=r"\.onnx files only"):
+        measure_ir(exported["xml"], "onnxruntime")
+    with pytest.raises(UserError, match="allowed: openvino, onnxruntime"):
+        measure_ir(exported["onnx"], "torch")
+    with pytest.raises(UserError, match="fixed"):
+        measure_ir(exported["xml"], resolution=64, settings=FAST)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "nas.latency", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--arch", "no/such/arch.yaml"], "no/such/arch.yaml"),
+    (["--backend", "tensorrt", "--arch", "x.yaml"], "allowed: openvino, onnxruntime, torch, cuda"),
+    (["--ir", "no/such/model.xml", "--backend", "onnxruntime"], "no/such/model.xml"),
+    (["--threads", "many"], "--threads"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, needle):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_cuda_without_gpu_exit_2():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli("--backend", "cuda", "--arch", "whatever.yaml")
+    assert result.returncode == 2 and result.stderr.startswith("error: backend 'cuda' needs a CUDA GPU")
+
+
+def test_cli_times_an_ir_as_json(exported, tmp_path):
+    cache = tmp_path / "cli.jsonl"
+    args = ["--ir", str(exported["xml"]), "--threads", "1", "--quick", "--json", "--cache", str(cache)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"] == "openvino" and data["resolution"] == RES and data["estimate_ms"] > 0
+    hit = run_cli(*args[:-3], "--cache", str(cache))  # human-readable, from the cache
+    assert hit.returncode == 0 and "cache hit" in hit.stdout and "ms" in hit.stdout
+
+
+def test_cache_key_str_is_unambiguous():
+    assert CacheKey("a|b", "openvino", "cpu", 224, 2, "1").as_str() != CacheKey(
+        "a", "b|openvino", "cpu", 224, 2, "1").as_str()
