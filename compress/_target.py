@@ -1,0 +1,108 @@
+"""What the compression commands work on: one winner of one search run, and where results go.
+
+results/<run>/compress/<rank>-<hash>/
+  pruned/   model.pt (whole module: a pruned net no longer matches its Arch), metrics.json
+  int8/     model.xml/.bin (NNCF INT8 OpenVINO IR), metrics.json
+  export/   fp32|pruned|int8 .xml/.bin/.onnx, metrics.json (verification + timing)
+results/<run>/compress/report.json, report.md   one entry per compressed winner
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.errors import UserError
+from nas.runs import Winner, atomic_write, get_winner, read_config, resolve_run
+
+DEFAULT_TARGET_RESOLUTION = 224
+
+
+@dataclass(frozen=True)
+class Target:
+    run_dir: Path
+    winner: Winner
+    config: dict[str, Any]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.run_dir / "compress" / self.winner.directory.name
+
+    @property
+    def pruned_dir(self) -> Path:
+        return self.out_dir / "pruned"
+
+    @property
+    def int8_dir(self) -> Path:
+        return self.out_dir / "int8"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.out_dir / "export"
+
+    @property
+    def data(self) -> str | None:
+        return self.config.get("data")
+
+    @property
+    def proxy_resolution(self) -> int:
+        return int(self.config.get("proxy_resolution") or self.target_resolution)
+
+    @property
+    def target_resolution(self) -> int:
+        return int(self.config.get("target_resolution") or DEFAULT_TARGET_RESOLUTION)
+
+    @property
+    def backend(self) -> str:
+        return str(self.config.get("backend") or "openvino")
+
+    @property
+    def threads(self) -> int | None:
+        threads = self.config.get("threads")
+        return int(threads) if threads else None
+
+    def fp32_model(self) -> nn.Module:
+        return self.winner.model()
+
+    def pruned_path(self) -> Path:
+        return self.pruned_dir / "model.pt"
+
+    def has_pruned(self) -> bool:
+        return self.pruned_path().is_file()
+
+
+def load_target(run: str | Path | None, rank: int | None) -> Target:
+    """Resolve --run/--winner to a Target; UserError (one line, exit 2) when either is missing."""
+    run_dir = resolve_run(run)
+    try:
+        config = read_config(run_dir) or {}
+    except Exception as exc:  # a corrupt config is the user's file, not our bug
+        raise UserError(f"{run_dir}/config.yaml: cannot read ({exc})") from None
+    return Target(run_dir, get_winner(run_dir, rank), config)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="run directory or name under results/ (default: the latest run)")
+    parser.add_argument("--winner", type=int, default=None, help="winner rank (default: the best, rank 0/1)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def load_module(path: Path) -> nn.Module:
+    """A whole pickled module (trusted: written by compress.prune in this run directory)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    return torch.load(path, map_location="cpu", weights_only=False).eval()

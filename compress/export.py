@@ -1,0 +1,141 @@
+"""Export the FP32, pruned and INT8 models of a winner, verify them against PyTorch, time them.
+
+    python -m compress.export [--run R] [--winner K] [--val-limit N] [--rounds 2]
+
+Writes <run>/compress/<winner>/export/{fp32,pruned,int8}.{xml,bin,onnx} and metrics.json, then the
+run's compress/report.{json,md}. Every file is checked on the validation split at the target
+resolution (max abs logit difference and top-1 agreement with PyTorch; INT8 against the model it
+was quantized from) and timed with nas.latency on the run's threads: IRs on OpenVINO, ONNX files on
+ONNX Runtime, interleaved over a few rounds so a slow spell of the machine hits all of them alike.
+
+INT8 has no ONNX file: NNCF quantized the OpenVINO model (FakeQuantize ops), and OpenVINO has no
+IR -> ONNX writer. A QDQ ONNX would be a second, different quantization (ORT's quantizer or NNCF's
+torch backend), so its numbers would not describe the INT8 IR reported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress._metrics import count_macs, count_params, size_on_disk
+from compress._runtime import compare, onnx_logits, openvino_logits, top1, torch_logits, validation_batch
+from compress._target import Target, add_target_arguments, load_module, load_target, read_json, write_json
+from nas.data import load_dataset
+from nas.errors import run_cli
+from nas.export import convert_openvino, export_onnx, save_openvino
+from nas.latency import LatencyStats, MeasureSettings, measure_ir
+
+
+def export_files(model: nn.Module, directory: Path, name: str, resolution: int) -> dict[str, Path]:
+    """FP32 IR (true FP32 weights) and ONNX (TorchScript exporter) with a static [1,3,R,R] input."""
+    xml = save_openvino(convert_openvino(model, resolution), directory / f"{name}.xml")
+    onnx = export_onnx(model, directory / f"{name}.onnx", resolution)
+    return {"xml": xml, "onnx": onnx}
+
+
+def time_files(paths: dict[str, Path], threads: int | None, rounds: int = 2,
+               settings: MeasureSettings | None = None) -> dict[str, LatencyStats]:
+    """Best (lowest-estimate) measurement per file over interleaved rounds; .onnx on ONNX Runtime."""
+    best: dict[str, LatencyStats] = {}
+    for _ in range(rounds):
+        for label, path in paths.items():
+            backend = "onnxruntime" if path.suffix == ".onnx" else "openvino"
+            stats = measure_ir(path, backend, threads, settings=settings)
+            if label not in best or stats.estimate_ms < best[label].estimate_ms:
+                best[label] = stats
+    return best
+
+
+def _latency_record(stats: LatencyStats) -> dict[str, Any]:
+    return {"backend": stats.backend, "estimate_ms": stats.estimate_ms, "median_ms": stats.median_ms,
+            "cv": stats.cv, "pass_cv": stats.pass_cv, "unsteady": stats.unsteady, "threads": stats.threads,
+            "runtime_version": stats.runtime_version}
+
+
+def _variants(target: Target) -> dict[str, tuple[nn.Module, Path | None]]:
+    """name -> (PyTorch reference model, INT8 IR to copy or None)."""
+    fp32 = target.fp32_model()
+    variants: dict[str, tuple[nn.Module, Path | None]] = {"fp32": (fp32, None)}
+    if target.has_pruned():
+        variants["pruned"] = (load_module(target.pruned_path()), None)
+    int8 = read_json(target.int8_dir / "metrics.json")
+    if int8 is not None and (target.int8_dir / "model.xml").is_file():
+        source = variants.get(int8.get("source", "fp32"), variants["fp32"])[0]
+        variants["int8"] = (source, target.int8_dir / "model.xml")
+    return variants
+
+
+def export_target(target: Target, *, val_limit: int | None = None, rounds: int = 2,
+                  settings: MeasureSettings | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Export, verify and time every variant of a winner; write export/metrics.json and the report."""
+    from compress.report import write_report
+
+    resolution = target.target_resolution
+    images, labels = validation_batch(load_dataset(target.data, resolution).val, val_limit)
+    out = target.export_dir
+    results: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for name, (model, int8_ir) in _variants(target).items():
+        if not quiet:
+            print(f"exporting and verifying {name} ...", file=sys.stderr)
+        if int8_ir is None:
+            paths = export_files(model, out, name, resolution)
+        else:
+            paths = {"xml": out / "int8.xml"}
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(int8_ir, paths["xml"])
+            shutil.copyfile(int8_ir.with_suffix(".bin"), out / "int8.bin")
+        reference = torch_logits(model, images)
+        record: dict[str, Any] = {"torch_accuracy": top1(reference, labels), "params": count_params(model),
+                                  "macs": count_macs(model, resolution), "files": {}}
+        for kind, path in paths.items():
+            logits = (openvino_logits(path, images, target.threads) if kind == "xml"
+                      else onnx_logits(path, images, target.threads))
+            record["files"][kind] = {"path": str(path), "bytes": size_on_disk(path),
+                                     "accuracy": top1(logits, labels), **compare(reference, logits)}
+            files[f"{name}.{kind}"] = path
+        results[name] = record
+    if not quiet:
+        print(f"timing {len(files)} files ({rounds} interleaved rounds) ...", file=sys.stderr)
+    for label, stats in time_files(files, target.threads, rounds, settings).items():
+        name, kind = label.split(".")
+        results[name]["files"][kind]["latency"] = _latency_record(stats)
+    metrics = {"resolution": resolution, "validation_images": len(labels), "variants": results,
+               "int8_onnx": "skipped: NNCF quantized the OpenVINO model; there is no IR -> ONNX writer, and a "
+                            "separately quantized QDQ ONNX would not describe this INT8 model"}
+    write_json(out / "metrics.json", metrics)
+    write_report(target)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nas.cli import Parser, positive_int
+
+    parser = Parser(prog="python -m compress.export", description=__doc__.split("\n\n")[0])
+    add_target_arguments(parser)
+    parser.add_argument("--val-limit", type=positive_int, default=None, help="verify on the first N val images")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved timing rounds (default 2)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target = load_target(args.run, args.winner)
+    metrics = export_target(target, val_limit=args.val_limit, rounds=args.rounds, quiet=args.quiet)
+    for name, record in metrics["variants"].items():
+        for kind, info in record["files"].items():
+            print(f"{name:7s} {kind:4s} top-1 {100 * info['accuracy']:6.2f}%  agreement "
+                  f"{100 * info['top1_agreement']:6.2f}%  max|diff| {info['max_abs_diff']:.2e}  "
+                  f"{info['latency']['estimate_ms']:.3f} ms ({info['latency']['backend']})  {info['path']}")
+    print(f"report: {target.run_dir / 'compress' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,214 @@
+"""Structured pruning of a winner with torch-pruning, to a measured latency or a channel ratio.
+
+    python -m compress.prune [--run R] [--winner K] [--target-ms T | --ratio P] [--epochs N] [--distill]
+
+What is pruned, per block kind (seeds-brief 2.7, 3.4, 4.7; design.md "Known traps"):
+- MBConv: the expanded (hidden) channels; MBConv-only stages also their residual width.
+- EfficientViT LiteMLA: the attention internals (qkv 1x1, the DW + grouped 1x1 aggregators with
+  groups = 3h, the reshape to (heads, 3d, N)) are ignored layers, so heads stay whole and the
+  dependency graph never indexes through that reshape. The MBConv FFN hidden channels and the
+  stage's residual width (qkv input, proj output) are pruned.
+- CAS-ViT CATM: torch-pruning traces `z * gate(z)` (a C->1 gate broadcast over C) and the q/k/v
+  chunk wrongly (it splits the q/k gates off the residual), so the whole mixer is ignored. That
+  keeps q/k/v aligned and the stage width whole; the LocalIntegration and MLP hidden channels are
+  pruned.
+- CageViT Gated Linear SRA: tokens are reshaped into heads in the fusion, attention and
+  broadcast-back, and selection/gather/scatter move whole tokens, so only the MLP hidden channels
+  are pruned (the stage width is left alone).
+- The classifier's output stays. Channel counts are rounded to multiples of 8 (round_to=8).
+
+With --target-ms the pruner steps the channel ratio up and measures the model (nas.latency, run's
+backend and threads, target resolution) after each step until it is under the target. Then it
+fine-tunes with nas.train.train_proxy (optionally distilling from the unpruned model) and saves the
+whole module (it no longer matches its Arch) to <run>/compress/<winner>/pruned/model.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress._metrics import count_macs, count_params
+from compress._target import Target, add_target_arguments, load_target, write_json
+from nas.errors import UserError, run_cli
+from nas.export import example_input
+from nas.latency import MeasureSettings, measure
+from nas.models.cage import CageStage
+from nas.models.cas import CATM
+from nas.models.efficientvit import LiteMLA
+
+ROUND_TO = 8
+
+
+def ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers whose output channels must not be pruned (see the module docstring for why)."""
+    ignored: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, LiteMLA):
+            ignored += [module.qkv, *module.aggregators]
+        elif isinstance(module, CATM):
+            ignored.append(module)
+        elif isinstance(module, CageStage):
+            hidden = {id(block.mlp[0]) for block in module.blocks}
+            ignored += [m for m in module.modules()
+                        if isinstance(m, nn.Conv2d | nn.Linear) and id(m) not in hidden]
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    return ignored + [classifier]
+
+
+def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """CageViT's bare parameters with the dim that holds channels (else torch-pruning guesses, noisily)."""
+    found: list[tuple[nn.Parameter, int]] = []
+    for module in model.modules():
+        if isinstance(module, CageStage):
+            found += [(module.fusion.queries, 1), (module.fusion.embedding, 2)]
+    return found
+
+
+def make_pruner(model: nn.Module, resolution: int, ratio: float, steps: int = 1) -> Any:
+    """A torch-pruning MetaPruner: L2 group magnitude, same ratio per layer, `steps` equal steps to `ratio`."""
+    import torch_pruning as tp
+
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tp.pruner.MetaPruner(
+            model, example_input(resolution), importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio, iterative_steps=steps, round_to=ROUND_TO, ignored_layers=ignored_layers(model),
+            unwrapped_parameters=_unwrapped_parameters(model),
+        )
+
+
+@dataclass
+class PruneStep:
+    step: int
+    ratio: float
+    params: int
+    latency_ms: float | None
+
+
+def prune_model(model: nn.Module, resolution: int, *, ratio: float | None = None, target_ms: float | None = None,
+                latency: Any = None, step_ratio: float = 0.1, max_ratio: float = 0.8) -> list[PruneStep]:
+    """Prune `model` in place; returns the steps taken.
+
+    With `ratio`: one shot to that channel ratio. With `target_ms` and `latency` (model -> ms):
+    steps of `step_ratio` until latency(model) <= target_ms or `max_ratio` is reached.
+    """
+    if (ratio is None) == (target_ms is None):
+        raise ValueError("give exactly one of ratio and target_ms")
+    if ratio is not None:
+        make_pruner(model, resolution, ratio).step()
+        return [PruneStep(1, ratio, count_params(model), latency(model) if latency else None)]
+    steps = max(1, round(max_ratio / step_ratio))
+    pruner = make_pruner(model, resolution, max_ratio, steps)
+    history = []
+    for step in range(1, steps + 1):
+        pruner.step()
+        ms = latency(model)
+        history.append(PruneStep(step, max_ratio * step / steps, count_params(model), ms))
+        if ms <= target_ms:
+            break
+    return history
+
+
+def interleaved_latency(models: list[nn.Module], latency: Any, rounds: int = 2) -> list[float]:
+    """Lowest of `rounds` alternating measurements per model."""
+    best = [float("inf")] * len(models)
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            best[i] = min(best[i], latency(model))
+    return best
+
+
+def snapshot(model: nn.Module, resolution: int, accuracy: float, latency_ms: float | None) -> dict[str, Any]:
+    return {"params": count_params(model), "macs": count_macs(model, resolution), "accuracy": accuracy,
+            "latency_ms": latency_ms}
+
+
+def prune_target(target: Target, *, ratio: float | None = None, target_ms: float | None = None, epochs: int = 1,
+                 distill: bool = False, settings: MeasureSettings | None = None, data_limit: int | None = None,
+                 quiet: bool = False) -> dict[str, Any]:
+    """Prune + fine-tune a winner; save pruned/model.pt and pruned/metrics.json; returns the metrics."""
+    from nas.data import load_dataset
+    from nas.train import evaluate, train_proxy
+
+    if ratio is None and target_ms is None:
+        budget = target.config.get("budget_ms")
+        raise UserError("give --ratio P or --target-ms T" + (f" (the run's budget was {budget} ms)" if budget else ""))
+    resolution = target.target_resolution
+
+    def latency(m: nn.Module) -> float:
+        stats = measure(m, resolution, target.backend, target.threads, settings=settings)
+        if not quiet:
+            print(f"  {count_params(m) / 1e3:.1f} k params: {stats.summary()}", file=sys.stderr)
+        return stats.ms
+
+    splits = load_dataset(target.data, target.proxy_resolution, limit=data_limit)
+    model = target.fp32_model()
+    original = copy.deepcopy(model).eval()
+    if target_ms is not None and (start_ms := latency(model)) <= target_ms:
+        raise UserError(f"the winner already runs in {start_ms:.3f} ms <= --target-ms {target_ms}")
+    history = prune_model(model, resolution, ratio=ratio, target_ms=target_ms, latency=latency)
+    pruned_accuracy = evaluate(model, splits.val)
+    if epochs > 0:
+        train_proxy(model, splits, epochs=epochs, teacher=original if distill else None, threads=target.threads,
+                    progress=not quiet)
+    model.eval()
+    # The final comparison is interleaved (design.md: slow spells hit one-off measurements unevenly).
+    before_ms, after_ms = interleaved_latency([original, model], latency)
+    before = snapshot(original, resolution, evaluate(original, splits.val), before_ms)
+    after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)
+    target.pruned_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model, target.pruned_path())
+    metrics = {
+        "ratio": history[-1].ratio, "steps": len(history), "target_ms": target_ms,
+        "reached_target": None if target_ms is None else after["latency_ms"] <= target_ms,
+        "fine_tune_epochs": epochs, "distill": distill, "proxy_resolution": target.proxy_resolution,
+        "latency_resolution": resolution, "backend": target.backend, "threads": target.threads,
+        "before": before, "pruned_before_fine_tune_accuracy": pruned_accuracy, "after": after,
+        "history": [asdict(h) for h in history], "model": str(target.pruned_path()),
+        "note": "accuracy: PyTorch on the validation split at the proxy resolution; MACs/latency at the target",
+    }
+    write_json(target.pruned_dir / "metrics.json", metrics)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nas.cli import Parser, positive_float
+
+    parser = Parser(prog="python -m compress.prune", description=__doc__.split("\n\n")[0])
+    add_target_arguments(parser)
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--target-ms", type=positive_float, help="prune until the measured latency is below this")
+    goal.add_argument("--ratio", type=float, help="prune this share of channels per prunable layer (0..0.9)")
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs after pruning (default 1, 0: none)")
+    parser.add_argument("--distill", action="store_true", help="fine-tune with the unpruned winner as teacher")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.ratio is not None and not 0.0 < args.ratio <= 0.9:
+        raise UserError(f"--ratio must be in (0, 0.9], got {args.ratio}")
+    if args.epochs < 0:
+        raise UserError(f"--epochs must be >= 0, got {args.epochs}")
+    target = load_target(args.run, args.winner)
+    metrics = prune_target(target, ratio=args.ratio, target_ms=args.target_ms, epochs=args.epochs,
+                           distill=args.distill, quiet=args.quiet)
+    b, a = metrics["before"], metrics["after"]
+    print(f"pruned {target.winner.directory.name} (ratio {metrics['ratio']:.2f}): params {b['params']} -> "
+          f"{a['params']}, MACs {b['macs'] / 1e6:.1f}M -> {a['macs'] / 1e6:.1f}M, latency {b['latency_ms']:.3f} -> "
+          f"{a['latency_ms']:.3f} ms, top-1 {100 * b['accuracy']:.2f}% -> {100 * a['accuracy']:.2f}% "
+          f"-> {metrics['model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,193 @@
+"""NNCF post-training INT8 of a winner's OpenVINO model, with accuracy control as the fallback.
+
+    python -m compress.quantize [--run R] [--winner K] [--max-drop 0.5] [--calibration 300]
+
+The (pruned, when compress.prune has run) winner is converted to a static-shape OpenVINO model at
+the run's target resolution and quantized there: NNCF on the OpenVINO model avoids NNCF's torch
+extension build and is the deployment path anyway. Calibration images come from the TRAIN split,
+loaded at the target resolution (k^T v in linear attention sums over all tokens, so its range
+grows with resolution). If the validation top-1 drop exceeds --max-drop points,
+`nncf.quantize_with_accuracy_control` reverts the most harmful layers to float. Then the exports
+are refreshed, verified and timed (compress.export) and the report rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress._runtime import compile_openvino, openvino_logits, top1, validation_batch
+from compress._target import Target, add_target_arguments, load_module, load_target, write_json
+from nas.data import ImageDataset, calibration_subset, load_dataset
+from nas.errors import run_cli
+from nas.export import convert_openvino, save_openvino
+
+# Ops left in float (design.md, seeds-brief 3.4 / 4.7): the LiteMLA core multiplies activations by
+# activations (k^T v sums over all N tokens, so its range is wide and resolution-dependent) and
+# divides two activations; the CageViT selection (TopK, gathers, scatters) moves indices, not
+# values, and ties flip under INT8; its softmaxes are probability maps a coarse grid flattens.
+# The convs and Linears, where the MACs are, are quantized. `keep_float=False` measures the cost.
+KEEP_FLOAT_TYPES = ["Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate",
+                    "ScatterUpdate", "ScatterNDUpdate"]
+_PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
+
+
+@dataclass
+class QuantizeResult:
+    model: Any  # openvino.Model with FakeQuantize ops
+    fp32_accuracy: float  # top-1 (0..1) of the FP32 OpenVINO model on the validation images used
+    int8_accuracy: float
+    method: str  # "quantize" or "accuracy_control"
+    keep_float: bool
+    ignored_ops: list[str] = field(default_factory=list)
+    fake_quantize_ops: int = 0
+    calibration_images: int = 0
+    validation_images: int = 0
+    resolution: int = 0
+    seconds: float = 0.0
+
+    @property
+    def drop_points(self) -> float:
+        return 100.0 * (self.fp32_accuracy - self.int8_accuracy)
+
+    def metrics(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "model"}
+        data["drop_points"] = self.drop_points
+        return data
+
+
+def _is_constant(node: Any) -> bool:
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    return kind in _PASS_THROUGH and all(_is_constant(i.get_source_output().get_node()) for i in node.inputs())
+
+
+def activation_matmuls(ov_model: Any) -> list[str]:
+    """Names of MatMuls whose two inputs are both activations (a Linear's MatMul has a constant)."""
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "MatMul"
+            and not any(_is_constant(i.get_source_output().get_node()) for i in op.inputs())]
+
+
+def keep_float_scope(ov_model: Any) -> tuple[Any, list[str]]:
+    """The IgnoredScope for the ops above, and the names of the ops it matches in this model."""
+    import nncf
+
+    names = activation_matmuls(ov_model)
+    matched = names + [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+                       if op.get_type_name() in KEEP_FLOAT_TYPES]
+    # validate=False: a pure-conv model has none of these types, which is fine, not an error.
+    return nncf.IgnoredScope(names=names, types=list(KEEP_FLOAT_TYPES), validate=False), matched
+
+
+def count_fake_quantize(ov_model: Any) -> int:
+    return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+
+
+def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: ImageDataset, *,
+                   max_drop: float = 0.5, keep_float: bool = True, threads: int | None = None,
+                   val_limit: int | None = None) -> QuantizeResult:
+    """INT8 OpenVINO model of `model` at the resolution of `validation` (which must match `calibration`)."""
+    import nncf
+
+    start = time.perf_counter()
+    resolution = validation.resolution
+    if calibration.shape[-1] != resolution:
+        raise ValueError(f"calibration images are {calibration.shape[-1]} px, validation {resolution} px")
+    fp32 = convert_openvino(model, resolution)
+    images, labels = validation_batch(validation, val_limit)
+    fp32_accuracy = top1(openvino_logits(fp32, images, threads), labels)
+    scope, ignored = keep_float_scope(fp32) if keep_float else (None, [])
+    calibration_set = nncf.Dataset([image[None].numpy() for image in calibration])
+    options = dict(model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope, subset_size=len(calibration))
+    int8 = nncf.quantize(fp32, calibration_set, **options)
+    int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
+    method = "quantize"
+    if 100.0 * (fp32_accuracy - int8_accuracy) > max_drop:
+        method = "accuracy_control"
+        validation_set = nncf.Dataset(list(zip(images.numpy()[:, None], labels, strict=True)))
+        int8 = nncf.quantize_with_accuracy_control(
+            fp32, calibration_set, validation_set, _validate, max_drop=max_drop / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE, **options)
+        int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
+    return QuantizeResult(int8, fp32_accuracy, int8_accuracy, method, keep_float, ignored,
+                          count_fake_quantize(int8), len(calibration), len(images), resolution,
+                          time.perf_counter() - start)
+
+
+def _validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+    """nncf's validation_fn: top-1 over (image, label) items, with per-sample correctness."""
+    correct = [float(np.argmax(compiled([image])[0]) == label) for image, label in items]
+    return float(np.mean(correct)), correct
+
+
+def source_model(target: Target, use_pruned: bool = True) -> tuple[str, nn.Module]:
+    """The pruned model when compress.prune has saved one (and use_pruned), else the FP32 winner."""
+    if use_pruned and target.has_pruned():
+        return "pruned", load_module(target.pruned_path())
+    return "fp32", target.fp32_model()
+
+
+def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int = 300, keep_float: bool = True,
+                    use_pruned: bool = True, val_limit: int | None = None, resolution: int | None = None,
+                    quiet: bool = False) -> dict[str, Any]:
+    """Quantize a winner, save int8/model.xml and int8/metrics.json; returns the metrics."""
+    resolution = resolution or target.target_resolution
+    source, model = source_model(target, use_pruned)
+    if not quiet:
+        print(f"quantizing the {source} model of {target.winner.directory.name} at {resolution} px ...",
+              file=sys.stderr)
+    splits = load_dataset(target.data, resolution)
+    result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=max_drop,
+                            keep_float=keep_float, threads=target.threads, val_limit=val_limit)
+    path = save_openvino(result.model, target.int8_dir / "model.xml")
+    compile_openvino(path, target.threads)  # fail here, not in a later step, if the IR does not load
+    metrics = {"source": source, "max_drop_points": max_drop, "ir": str(path), **result.metrics()}
+    write_json(target.int8_dir / "metrics.json", metrics)
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nas.cli import Parser, positive_float, positive_int
+
+    parser = Parser(prog="python -m compress.quantize", description=__doc__.split("\n\n")[0])
+    add_target_arguments(parser)
+    parser.add_argument("--max-drop", type=positive_float, default=0.5,
+                        help="largest acceptable top-1 drop in points before accuracy control (default 0.5)")
+    parser.add_argument("--calibration", type=positive_int, default=300, help="calibration images (train split)")
+    parser.add_argument("--val-limit", type=positive_int, default=None, help="validate on the first N images")
+    parser.add_argument("--resolution", type=positive_int, default=None,
+                        help="static input side of the IR (default: the run's target resolution)")
+    parser.add_argument("--fp32", action="store_true", help="quantize the unpruned winner even if a pruned one exists")
+    parser.add_argument("--quantize-all", action="store_true",
+                        help="also quantize attention MatMuls/Div/softmax/selection ops (normally kept float)")
+    parser.add_argument("--no-export", action="store_true", help="skip the export/verify/time/report step")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target = load_target(args.run, args.winner)
+    metrics = quantize_target(target, max_drop=args.max_drop, calibration=args.calibration,
+                              keep_float=not args.quantize_all, use_pruned=not args.fp32, val_limit=args.val_limit,
+                              resolution=args.resolution, quiet=args.quiet)
+    print(f"INT8 ({metrics['method']}, {metrics['fake_quantize_ops']} FakeQuantize): top-1 "
+          f"{100 * metrics['fp32_accuracy']:.2f}% -> {100 * metrics['int8_accuracy']:.2f}% "
+          f"(drop {metrics['drop_points']:.2f} points) -> {metrics['ir']}")
+    if not args.no_export:
+        from compress.export import export_target
+
+        export_target(target, val_limit=args.val_limit, quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,95 @@
+"""The compression report of a run: <run>/compress/report.json and report.md, one entry per winner.
+
+Built only from the metrics files the other commands wrote, so it can be rewritten at any time.
+Accuracy and latency per variant are those of its OpenVINO IR at the target resolution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compress._target import Target, read_json, write_json
+from nas.runs import atomic_write
+
+VARIANTS = ("fp32", "pruned", "int8")
+
+
+def winner_entry(directory: Path) -> dict[str, Any]:
+    """Summary of one winner's compression from its pruned/, int8/ and export/ metrics."""
+    export = read_json(directory / "export" / "metrics.json") or {"variants": {}}
+    rows: dict[str, Any] = {}
+    for name in VARIANTS:
+        record = export["variants"].get(name)
+        if record is None:
+            continue
+        ir = record["files"]["xml"]
+        latency = ir.get("latency", {})
+        onnx = record["files"].get("onnx", {})
+        rows[name] = {
+            "accuracy": ir["accuracy"], "latency_ms": latency.get("estimate_ms"),
+            "latency_median_ms": latency.get("median_ms"), "latency_cv": latency.get("cv"),
+            "onnx_latency_ms": onnx.get("latency", {}).get("estimate_ms"), "ir_bytes": ir["bytes"],
+            "onnx_bytes": onnx.get("bytes"), "macs": record["macs"], "params": record["params"],
+            "max_abs_diff": ir["max_abs_diff"], "top1_agreement": ir["top1_agreement"],
+        }
+    return {"resolution": export.get("resolution"), "validation_images": export.get("validation_images"),
+            "variants": rows, "speedups": _speedups(rows), "prune": read_json(directory / "pruned" / "metrics.json"),
+            "quantize": read_json(directory / "int8" / "metrics.json")}
+
+
+def _speedups(rows: dict[str, Any]) -> dict[str, float]:
+    """Latency ratios (baseline / variant, > 1 is faster) between the variants present."""
+    out = {}
+    for base, other in (("fp32", "pruned"), ("fp32", "int8"), ("pruned", "int8")):
+        a, b = rows.get(base, {}).get("latency_ms"), rows.get(other, {}).get("latency_ms")
+        if a and b:
+            out[f"{base}/{other}"] = a / b
+    return out
+
+
+def write_report(target: Target) -> Path:
+    root = target.run_dir / "compress"
+    entries = {d.name: winner_entry(d) for d in sorted(root.iterdir()) if d.is_dir() and (d / "export").is_dir()}
+    report = {"run": str(target.run_dir), "backend": "openvino (IR) / onnxruntime (ONNX)",
+              "threads": target.threads, "winners": entries}
+    write_json(root / "report.json", report)
+    atomic_write(root / "report.md", render_markdown(report))
+    return root / "report.md"
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Compression report: {report['run']}", ""]
+    for name, entry in report["winners"].items():
+        lines += [f"## {name}", "",
+                  f"OpenVINO IR at {entry['resolution']} px, {entry['validation_images']} validation images, "
+                  f"threads {report['threads'] or 'all'}; latency = min of pass medians (median, CV alongside).", "",
+                  "| variant | top-1 % | latency ms | median ms | CV % | ONNX RT ms | IR MB | MMACs | params k |"
+                  " max abs diff | top-1 agree % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for variant, row in entry["variants"].items():
+            lines.append(
+                f"| {variant} | {_fmt(row['accuracy'], '.2f', 100)} | {_fmt(row['latency_ms'], '.3f')} | "
+                f"{_fmt(row['latency_median_ms'], '.3f')} | {_fmt(row['latency_cv'], '.1f', 100)} | "
+                f"{_fmt(row['onnx_latency_ms'], '.3f')} | {_fmt(row['ir_bytes'], '.2f', 1e-6)} | "
+                f"{_fmt(row['macs'], '.1f', 1e-6)} | {_fmt(row['params'], '.1f', 1e-3)} | "
+                f"{_fmt(row['max_abs_diff'], '.2e')} | {_fmt(row['top1_agreement'], '.1f', 100)} |")
+        if entry["speedups"]:
+            lines += ["", "Speed-ups (latency ratio, >1 = faster): "
+                      + ", ".join(f"{k} {v:.2f}x" for k, v in entry["speedups"].items())]
+        if entry["quantize"]:
+            q = entry["quantize"]
+            lines += ["", f"INT8: {q['method']} of the {q['source']} model, {q['fake_quantize_ops']} FakeQuantize ops, "
+                      f"{len(q['ignored_ops'])} ops kept float, drop {q['drop_points']:.2f} points "
+                      f"(limit {q['max_drop_points']})."]
+        if entry["prune"]:
+            p = entry["prune"]
+            lines += ["", f"Pruning: channel ratio {p['ratio']:.2f} in {p['steps']} step(s), "
+                      f"{p['fine_tune_epochs']} fine-tune epoch(s){' with distillation' if p['distill'] else ''}; "
+                      f"proxy top-1 {100 * p['before']['accuracy']:.2f}% -> {100 * p['after']['accuracy']:.2f}%."]
+        lines.append("")
+    return "\n".join(lines)
