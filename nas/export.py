@@ -6,6 +6,7 @@ times and verifies the same graph.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +25,8 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int, opset: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about static shapes are expected here
         torch.onnx.export(
             model,
             (example_input(resolution),),
@@ -42,7 +44,8 @@ def convert_openvino(model: nn.Module, resolution: int):
     import openvino as ov
 
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about static shapes are expected here
         return ov.convert_model(
             model, example_input=example_input(resolution), input=[(1, 3, resolution, resolution)]
         )

@@ -1,0 +1,132 @@
+"""One Optuna trial: sample (or take a baseline) -> measure latency -> maybe train -> score.
+
+Latency comes first: a candidate over budget ends in seconds, untrained. Multi-objective studies
+cannot prune through `trial.report`, so the early stop for weak trials is ours: after epoch k a
+trial stops when its accuracy is far below what completed trials had at epoch k.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from nas.arch import Arch
+from nas.data import Splits
+from nas.latency import LatencyCache, LatencyStats, MeasureSettings, measure
+from nas.models import build_model
+from nas.space import SearchSpace
+from nas.train import train_proxy
+
+NEAR_BUDGET = 0.15  # within 15% of the budget: measure again before deciding
+EARLY_STOP_MIN_PEERS = 4
+EARLY_STOP_MARGIN = 0.10  # accuracy points below the peers' lower quartile at the same epoch
+
+
+@dataclass
+class TrialSettings:
+    budget_ms: float
+    target_resolution: int
+    backend: str
+    threads: int
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    checkpoints: Path
+    latency_settings: MeasureSettings | None = None
+
+
+def constraint_of(trial: optuna.trial.FrozenTrial) -> tuple[float]:
+    """Optuna's constraints_func: <= 0 means feasible (latency within budget)."""
+    return (float(trial.user_attrs.get("constraint", math.inf)),)
+
+
+class Objective:
+    def __init__(self, space: SearchSpace, splits: Splits, settings: TrialSettings, cache: LatencyCache) -> None:
+        self.space, self.splits, self.settings, self.cache = space, splits, settings, cache
+
+    def arch_for(self, trial: optuna.Trial) -> Arch:
+        baseline = trial.user_attrs.get("baseline_arch")
+        if baseline is not None:
+            return Arch.from_dict(baseline)
+        return self.space.sample(trial, self.splits.num_classes)
+
+    def latency(self, arch: Arch, model: torch.nn.Module | None = None) -> LatencyStats:
+        s = self.settings
+        model = model if model is not None else build_model(arch)
+        stats = measure(model, s.target_resolution, s.backend, s.threads, cache=self.cache, key=arch.hash,
+                        settings=s.latency_settings)
+        if abs(stats.ms - s.budget_ms) <= NEAR_BUDGET * s.budget_ms and stats.attempts < 2:
+            # Near the line, one noisy pass decides feasibility: take the better of two measurements.
+            again = measure(model, s.target_resolution, s.backend, s.threads, cache=self.cache, key=arch.hash,
+                            settings=s.latency_settings, refresh=True)
+            stats = min(stats, again, key=lambda x: x.ms)
+            self.cache.put(stats)
+        return stats
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        started = time.perf_counter()
+        arch = self.arch_for(trial)
+        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch_hash", arch.hash)
+        model = build_model(arch)
+        trial.set_user_attr("params_m", sum(p.numel() for p in model.parameters()) / 1e6)
+
+        stats = self.latency(arch, model)
+        trial.set_user_attr("latency", stats.to_dict())
+        trial.set_user_attr("latency_ms", stats.ms)
+        trial.set_user_attr("constraint", stats.ms - self.settings.budget_ms)
+        if stats.ms > self.settings.budget_ms:
+            trial.set_user_attr("trained", False)
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            return 0.0, stats.ms
+
+        peers = _peer_curves(trial)
+
+        def on_epoch(epoch: int, accuracy: float) -> bool:
+            trial.set_user_attr("curve", [*trial.user_attrs.get("curve", []), accuracy])
+            return not _far_below(accuracy, [c[epoch] for c in peers if len(c) > epoch])
+
+        s = self.settings
+        torch.manual_seed(s.seed)
+        model = build_model(arch)  # fresh init from the seed, independent of what latency did
+        result = train_proxy(model, self.splits, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
+                             threads=s.threads, on_epoch=on_epoch)
+        trial.set_user_attr("trained", True)
+        trial.set_user_attr("curve", list(result.curve))
+        trial.set_user_attr("stopped_early", result.stopped_early)
+        trial.set_user_attr("train_seconds", result.seconds)
+        s.checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoint = s.checkpoints / f"{trial.number}-{arch.hash}.pt"
+        torch.save(model.state_dict(), checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        trial.set_user_attr("checkpoint", checkpoint.name)
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        return result.accuracy, stats.ms
+
+
+def _peer_curves(trial: optuna.Trial) -> list[list[float]]:
+    """Per-epoch accuracy of completed, fully trained trials in the same study."""
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t.user_attrs["curve"] for t in done
+            if t.user_attrs.get("trained") and not t.user_attrs.get("stopped_early") and t.user_attrs.get("curve")]
+
+
+def _far_below(accuracy: float, peers: list[float]) -> bool:
+    if len(peers) < EARLY_STOP_MIN_PEERS:
+        return False
+    return accuracy + EARLY_STOP_MARGIN < float(np.quantile(peers, 0.25))
+
+
+def describe(arch: Arch | dict[str, Any]) -> str:
+    """A compact one-line description, e.g. 'dsconv16 > mbconv2x24 catm3x64 litemla2x128 > evit'."""
+    arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
+    stages = " ".join(f"{s.mixer}{s.depth}x{s.width}" for s in arch.stages)
+    return f"{arch.stem_kind}{arch.stem_width} > {stages} > {arch.head_kind}"

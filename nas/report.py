@@ -1,0 +1,230 @@
+"""Results a person can open: trials.csv, pareto.png, pareto.html, summary.md and winners/.
+
+`python -m nas.report [--run R]` regenerates them from the study; the search writes them too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.arch import Arch
+from nas.cli import Parser
+from nas.errors import UserError, run_cli
+from nas.runs import atomic_write, read_config, resolve_run, save_winner
+
+CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
+               "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "params_m", "seconds",
+               "fail_reason")
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("constraint", 1.0) <= 0
+
+
+def is_trained(trial: FrozenTrial) -> bool:
+    return is_feasible(trial) and bool(trial.user_attrs.get("trained"))
+
+
+def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trained, feasible trials not dominated in (accuracy up, latency down), by latency."""
+    candidates = [t for t in trials if is_trained(t)]
+    front = [t for t in candidates
+             if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                        for o in candidates)]
+    return sorted(front, key=lambda t: t.values[1])
+
+
+def _row(trial: FrozenTrial) -> dict[str, Any]:
+    from nas.objective import describe
+
+    attrs = trial.user_attrs
+    latency = attrs.get("latency") or {}
+    done = trial.state == TrialState.COMPLETE
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "baseline": attrs.get("baseline", ""),
+        "arch_hash": attrs.get("arch_hash", ""),
+        "architecture": describe(attrs["arch"]) if "arch" in attrs else "",
+        "accuracy": round(trial.values[0], 4) if done and attrs.get("trained") else "",
+        "latency_ms": round(attrs["latency_ms"], 3) if "latency_ms" in attrs else "",
+        "latency_cv": round(latency.get("cv", 0.0), 4) if latency else "",
+        "feasible": is_feasible(trial) if done else "",
+        "trained": bool(attrs.get("trained")),
+        "stopped_early": bool(attrs.get("stopped_early")),
+        "epochs_run": len(attrs.get("curve", [])),
+        "params_m": round(attrs["params_m"], 3) if "params_m" in attrs else "",
+        "seconds": round(attrs.get("seconds", 0.0), 1),
+        "fail_reason": trial.system_attrs.get("fail_reason", "") if trial.state == TrialState.FAIL else "",
+    }
+
+
+def trials_csv(trials: list[FrozenTrial]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for trial in trials:
+        writer.writerow(_row(trial))
+    return out.getvalue()
+
+
+def pareto_png(path: Path, trials: list[FrozenTrial], front: list[FrozenTrial], budget_ms: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    searched = [t for t in trials if is_trained(t) and not t.user_attrs.get("baseline")]
+    over = [t for t in trials if t.state == TrialState.COMPLETE and not is_feasible(t)]
+    ax.scatter([t.values[1] for t in searched], [100 * t.values[0] for t in searched], s=22, c="tab:blue",
+               alpha=0.6, label="searched (within budget)")
+    if over:
+        ax.scatter([t.values[1] for t in over], [0 * t.values[0] for t in over], s=22, marker="x",
+                   c="tab:gray", label="over budget (not trained)")
+    ax.plot([t.values[1] for t in front], [100 * t.values[0] for t in front], "-o", c="tab:red", ms=6,
+            label="Pareto front")
+    for trial in trials:
+        family = trial.user_attrs.get("baseline")
+        if family and trial.state == TrialState.COMPLETE:
+            y = 100 * trial.values[0] if is_trained(trial) else 0.0
+            ax.scatter([trial.values[1]], [y], s=90, marker="*", c="tab:green", zorder=5)
+            ax.annotate(trial.user_attrs["arch"].get("name") or family, (trial.values[1], y),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.scatter([], [], s=90, marker="*", c="tab:green", label="hand-designed baselines")
+    ax.axvline(budget_ms, ls="--", c="black", lw=1, label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel("measured latency (ms, batch 1)")
+    ax.set_ylabel("proxy validation accuracy (%)")
+    ax.set_title("Accuracy vs measured latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pareto_html(path: Path, study: optuna.Study) -> None:
+    """Optuna's own interactive Pareto plot (feasible/infeasible by our constraint), self-contained."""
+    from optuna.visualization import plot_pareto_front
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not trials:
+        atomic_write(path, "<html><body>No completed trials yet.</body></html>")
+        return
+    # The sampler stored each trial's constraint, so Optuna marks infeasible trials by itself.
+    figure = plot_pareto_front(study, target_names=["accuracy", "latency (ms)"])
+    atomic_write(path, figure.to_html(include_plotlyjs=True, full_html=True))
+
+
+def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int, FrozenTrial]]) -> str:
+    from nas.objective import describe
+
+    states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    lines = [
+        f"# Search summary: budget {config['budget_ms']:g} ms",
+        "",
+        f"- backend {config['backend']}, {config['threads']} threads, latency at {config['target_resolution']}px; "
+        f"proxy training {config['epochs']} epochs at {config['proxy_resolution']}px on "
+        f"{config['data'] or 'mnist'} ({config['num_classes']} classes); sampler {config['sampler']}, seed "
+        f"{config['seed']}",
+        f"- trials: {len(trials)} ({', '.join(f'{k.lower()} {v}' for k, v in states.items() if v)}); "
+        f"within budget: {sum(is_feasible(t) for t in complete)}, over budget: "
+        f"{sum(not is_feasible(t) for t in complete)}",
+        "",
+        "## Winners (Pareto-optimal within budget)",
+        "",
+        "| rank | trial | accuracy | latency (ms) | CV | params (M) | architecture |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for rank, t in winners:
+        lat = t.user_attrs.get("latency", {})
+        lines.append(f"| {rank} | {t.number} | {100 * t.values[0]:.2f}% | {t.values[1]:.2f} | "
+                     f"{100 * lat.get('cv', 0):.1f}% | {t.user_attrs.get('params_m', 0):.2f} | "
+                     f"{describe(t.user_attrs['arch'])} |")
+    if not winners:
+        lines.append("| - | - | - | - | - | - | no trained trial within the budget |")
+    lines += ["", "## Hand-designed baselines (scaled to the budget)", "",
+              "| family | trial | accuracy | latency (ms) | architecture |", "|---|---:|---:|---:|---|"]
+    for t in trials:
+        if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE:
+            acc = f"{100 * t.values[0]:.2f}%" if is_trained(t) else "over budget"
+            lines.append(f"| {t.user_attrs['arch'].get('name')} | {t.number} | {acc} | {t.values[1]:.2f} | "
+                         f"{describe(t.user_attrs['arch'])} |")
+    lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<rank>-<hash>/ "
+              "(arch.yaml, weights.pt, metrics.json), study.db (open with optuna-dashboard).", ""]
+    return "\n".join(lines)
+
+
+def export_winners(run_dir: Path, front: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
+    """Copy each front member's checkpoint into winners/<rank>-<hash>/ (rank 1 = most accurate)."""
+    import torch
+
+    ranked = sorted(front, key=lambda t: (-t.values[0], t.values[1]))
+    winners_dir = run_dir / "winners"
+    keep = set()
+    exported = []
+    for rank, trial in enumerate(ranked, start=1):
+        checkpoint = run_dir / "checkpoints" / trial.user_attrs.get("checkpoint", "")
+        if not checkpoint.is_file():
+            continue
+        arch = Arch.from_dict(trial.user_attrs["arch"])
+        metrics = {"trial": trial.number, "accuracy": trial.values[0], "latency_ms": trial.values[1],
+                   "latency": trial.user_attrs.get("latency"), "params_m": trial.user_attrs.get("params_m"),
+                   "curve": trial.user_attrs.get("curve"), "baseline": trial.user_attrs.get("baseline")}
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        keep.add(save_winner(run_dir, rank, arch, state, metrics).name)
+        exported.append((rank, trial))
+    for stale in winners_dir.glob("*-*") if winners_dir.is_dir() else []:
+        if stale.name not in keep and stale.is_dir():  # a re-ranked front: drop outdated entries
+            for file in stale.iterdir():
+                file.unlink()
+            stale.rmdir()
+    return exported
+
+
+def write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None = None, splits: Any = None) -> None:
+    config = read_config(run_dir)
+    budget_ms = budget_ms if budget_ms is not None else config["budget_ms"]
+    trials = study.get_trials(deepcopy=False)
+    front = pareto_front(trials)
+    atomic_write(run_dir / "trials.csv", trials_csv(trials))
+    pareto_png(run_dir / ".pareto.png.tmp.png", trials, front, budget_ms)
+    (run_dir / ".pareto.png.tmp.png").replace(run_dir / "pareto.png")
+    pareto_html(run_dir / "pareto.html", study)
+    winners = export_winners(run_dir, front)
+    atomic_write(run_dir / "summary.md", summary_md(config, trials, winners))
+    atomic_write(run_dir / "front.json", json.dumps(
+        [{"rank": r, "trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
+          "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners], indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m nas.report", description=__doc__)
+    parser.add_argument("--run", default=None, help="run directory or name (default: latest under results/)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL if not the run's study.db")
+    args = parser.parse_args(argv)
+    run_dir = resolve_run(args.run)
+    config = read_config(run_dir)
+    url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if not args.storage and not (run_dir / "study.db").is_file():
+        raise UserError(f"{run_dir}/study.db: not found; pass --storage for a study kept elsewhere")
+    try:
+        study = optuna.load_study(study_name=config.get("study_name", "search"), storage=url)
+    except KeyError:
+        raise UserError(f"{url}: no study named {config.get('study_name', 'search')!r}") from None
+    write_report(run_dir, study)
+    print(f"report written to {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

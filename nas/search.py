@@ -1,0 +1,260 @@
+"""python -m nas.search --budget-ms 5: multi-objective NAS (accuracy up, measured latency down).
+
+The study lives in the run directory (SQLite by default) or any Optuna storage URL, so a killed
+search resumes by running the same command again and several workers can join one study.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.storages import RetryFailedTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from nas.cli import Parser, positive_float, positive_int
+from nas.errors import UserError, run_cli
+from nas.runs import RESULTS_DIR, atomic_write
+
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 30
+MAX_CONSECUTIVE_FAILURES = 5
+# Settings that define a study; resuming with different ones would mix incomparable trials.
+IDENTITY_KEYS = ("budget_ms", "space_file", "space", "data", "proxy_resolution", "target_resolution",
+                 "backend", "threads", "epochs", "seed", "sampler", "limit")
+
+
+def build_parser() -> Parser:
+    from nas.latency import BACKENDS, DEFAULT_BACKEND
+
+    p = Parser(prog="python -m nas.search", description=__doc__)
+    p.add_argument("--budget-ms", type=positive_float, default=5.0, help="latency budget in ms (default 5)")
+    p.add_argument("--trials", type=positive_int, default=30, help="completed trials to reach (default 30)")
+    p.add_argument("--timeout", type=positive_float, default=1500.0,
+                   help="stop starting new trials after this many seconds (default 1500)")
+    p.add_argument("--space", default=None, help="search space YAML (default search_spaces/default.yaml)")
+    p.add_argument("--data", default=None, help="mnist (default, bundled), digits, or a CIFAR-10/ImageFolder dir")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="latency runtime")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads for timing and training")
+    p.add_argument("--epochs", type=positive_int, default=3, help="proxy training epochs (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--sampler", choices=("nsga2", "tpe"), default="nsga2")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///<run>/study.db); e.g. a journal file for workers")
+    p.add_argument("--study-name", default="search")
+    p.add_argument("--run", default=None, help="run directory or name under results/ (default from settings)")
+    p.add_argument("--results", default=None, help=f"results root (default {RESULTS_DIR})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baselines", action="store_true", help="do not enqueue the pure-family baselines")
+    p.add_argument("--quick-latency", action="store_true", help="short timing passes (smoke tests only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run_directory(args: Any, space_name: str) -> Path:
+    results = Path(args.results) if args.results else RESULTS_DIR
+    if args.run:
+        path = Path(args.run)
+        return path if path.is_absolute() or path.parent != Path(".") else results / args.run
+    budget = f"{args.budget_ms:g}".replace(".", "p")
+    return results / f"{space_name}-{budget}ms-{args.backend}"
+
+
+def resolved_config(args: Any, space_file: Path, space: Any, threads: int, num_classes: int) -> dict[str, Any]:
+    return {
+        "budget_ms": args.budget_ms,
+        "space_file": str(space_file),
+        "space": space.model_dump(mode="json"),
+        "data": args.data,
+        "limit": args.limit,
+        "num_classes": num_classes,
+        "proxy_resolution": space.resolution.proxy,
+        "target_resolution": space.resolution.target,
+        "backend": args.backend,
+        "threads": threads,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "sampler": args.sampler,
+        "seed": args.seed,
+        "study_name": args.study_name,
+        "trials": args.trials,
+        "timeout_s": args.timeout,
+    }
+
+
+def check_resume(run_dir: Path, config: dict[str, Any]) -> None:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    previous = yaml.safe_load(path.read_text()) or {}
+    for key in IDENTITY_KEYS:
+        if key in previous and previous[key] != config[key]:
+            shown = "<changed>" if key == "space" else f"{previous[key]!r} -> {config[key]!r}"
+            raise UserError(f"{path}: {key} differs from the run being resumed ({shown}); "
+                            "pass a new --run to start another search")
+
+
+def environment(threads: int, backend: str) -> dict[str, Any]:
+    import numpy
+    import onnxruntime
+    import openvino
+    import torch
+
+    from nas.latency import device_name, runtime_version
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "openvino": openvino.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "device": device_name(backend),
+        "runtime": runtime_version(backend),
+        "threads": threads,
+    }
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    from nas.objective import constraint_of
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_of, multivariate=True)
+    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraint_of, population_size=12)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Heartbeats let a resumed or parallel search fail trials whose worker died, then retry them."""
+    retry = RetryFailedTrialCallback(max_retry=2)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        backend = JournalFileBackend(url.removeprefix("journal:"))
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                          failed_trial_callback=retry,
+                                          engine_kwargs={"connect_args": {"timeout": 60}}
+                                          if url.startswith("sqlite") else None)
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
+
+
+def enqueue_baselines(study: optuna.Study, objective: Any, budget_ms: float, quiet: bool) -> None:
+    from nas.baselines import FAMILIES, scale_to_budget
+
+    if study.user_attrs.get("baselines_enqueued"):
+        return
+    for family in FAMILIES:
+        arch, ms = scale_to_budget(family, objective.splits.num_classes, budget_ms,
+                                   lambda a: objective.latency(a).ms)
+        if not quiet:
+            print(f"baseline {arch.name}: {ms:.2f} ms", file=sys.stderr)
+        study.enqueue_trial({}, user_attrs={"baseline": family, "baseline_arch": arch.to_dict()},
+                            skip_if_exists=False)
+    study.set_user_attr("baselines_enqueued", True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.data import load_dataset
+    from nas.latency import LatencyCache, MeasureSettings, check_backend, default_threads
+    from nas.objective import Objective, TrialSettings
+    from nas.report import write_report
+    from nas.space import DEFAULT_SPACE, load_space
+
+    args = build_parser().parse_args(argv)
+    check_backend(args.backend)
+    space_file = Path(args.space) if args.space else DEFAULT_SPACE
+    space = load_space(space_file)
+    threads = args.threads or default_threads()
+    splits = load_dataset(args.data, space.resolution.proxy, seed=args.seed, limit=args.limit)
+    run_dir = run_directory(args, space.name)
+    config = resolved_config(args, space_file, space, threads, splits.num_classes)
+    check_resume(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write(run_dir / "environment.json", json.dumps(environment(threads, args.backend), indent=2))
+
+    storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=args.study_name, storage=make_storage(storage_url),
+                                directions=["maximize", "minimize"], load_if_exists=True,
+                                sampler=make_sampler(args.sampler, args.seed))
+    settings = TrialSettings(budget_ms=args.budget_ms, target_resolution=space.resolution.target,
+                             backend=args.backend, threads=threads, epochs=args.epochs,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             checkpoints=run_dir / "checkpoints",
+                             latency_settings=MeasureSettings.quick() if args.quick_latency else None)
+    objective = Objective(space, splits, settings, LatencyCache(run_dir / "latency_cache.sqlite"))
+    if not args.no_baselines:
+        enqueue_baselines(study, objective, args.budget_ms, args.quiet)
+
+    interrupted = optimize(study, objective, args)
+    write_report(run_dir, study, budget_ms=args.budget_ms, splits=splits)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    print(f"{done} completed trials; results in {run_dir}")
+    if interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def optimize(study: optuna.Study, objective: Any, args: Any) -> bool:
+    """Run trials until --trials complete (across all workers) or --timeout; True if interrupted."""
+    from tqdm import tqdm
+
+    complete = (TrialState.COMPLETE,)
+    remaining = args.trials - len(study.get_trials(deepcopy=False, states=complete))
+    if remaining <= 0:
+        return False
+    bar = tqdm(total=args.trials, initial=args.trials - remaining, disable=args.quiet, unit="trial",
+               desc="search", file=sys.stderr)
+    failures = [0]
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failures[0] = failures[0] + 1 if trial.state == TrialState.FAIL else 0
+        if failures[0] >= MAX_CONSECUTIVE_FAILURES:
+            study.stop()
+        if trial.state == TrialState.COMPLETE:
+            bar.update(1)
+        bar.set_postfix_str(best_so_far(study))
+
+    started = time.monotonic()
+    try:
+        study.optimize(objective, timeout=args.timeout, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[MaxTrialsCallback(args.trials, states=complete), after_trial])
+    except KeyboardInterrupt:
+        return True
+    finally:
+        bar.close()
+    if failures[0] >= MAX_CONSECUTIVE_FAILURES:
+        last = study.get_trials(deepcopy=False)[-1]
+        reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason", "unknown")
+        print(f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: {reason}", file=sys.stderr)
+    if not args.quiet:
+        print(f"search loop: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return False
+
+
+def best_so_far(study: optuna.Study) -> str:
+    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("trained") and t.user_attrs.get("constraint", 1) <= 0]
+    if not feasible:
+        return "no feasible trial yet"
+    best = max(feasible, key=lambda t: t.values[0])
+    return f"best {100 * best.values[0]:.1f}% @ {best.values[1]:.2f} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
