@@ -182,13 +182,16 @@ class SearchSpace(_Strict):
 
 
 # ---- loading with one-line errors -------------------------------------------------------------
+_TYPE_TAGS = {"int", "float", "str", "bool", "IntRange", "none"}
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
+    """('stages', 0, 'list[...]', 1) -> 'stages[0][1]': drops pydantic's union-member tags."""
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif not str(item).startswith(("function-", "list[", "literal[", "int", "float", "str", "IntRange",
-                                      "constrained-")):
+        elif item not in _TYPE_TAGS and "[" not in str(item) and not str(item).startswith("constrained-"):
             parts.append(f".{item}" if parts else str(item))
     return "".join(parts) or "<top level>"
 
@@ -196,8 +199,10 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 def _one_line(source: str, exc: ValidationError) -> str:
     """The most specific error, as `file: key.path: message (got value)`."""
     errors = exc.errors(include_url=False)
-    # Union knobs give one error per alternative; the deepest location is the most telling.
-    first = max(errors, key=lambda e: len(e["loc"]))
+    # Union knobs give one error per alternative: our own rules and unknown keys say most, then
+    # allowed-value lists, then the deepest location.
+    telling = {"value_error": 3, "extra_forbidden": 2, "literal_error": 1}
+    first = max(errors, key=lambda e: (telling.get(e["type"], 0), len(e["loc"])))
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
