@@ -7,7 +7,6 @@ trial stops when its accuracy is far below what completed trials had at epoch k.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,6 @@ class TrialSettings:
     seed: int
     checkpoints: Path
     latency_settings: MeasureSettings | None = None
-
-
-def constraint_of(trial: optuna.trial.FrozenTrial) -> tuple[float]:
-    """Optuna's constraints_func: <= 0 means feasible (latency within budget)."""
-    return (float(trial.user_attrs.get("constraint", math.inf)),)
 
 
 class Objective:
@@ -82,6 +76,8 @@ class Objective:
         stats = self.latency(arch, model)
         trial.set_user_attr("latency", stats.to_dict())
         trial.set_user_attr("latency_ms", stats.ms)
+        # <= 0 is feasible; the samplers and Optuna's Pareto plot read it from the trial.
+        trial.set_constraint("latency", stats.ms - self.settings.budget_ms)
         trial.set_user_attr("constraint", stats.ms - self.settings.budget_ms)
         if stats.ms > self.settings.budget_ms:
             trial.set_user_attr("trained", False)

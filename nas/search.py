@@ -10,12 +10,13 @@ import json
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -127,16 +128,15 @@ def environment(threads: int, backend: str) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    from nas.objective import constraint_of
-
+    """Both samplers read the latency constraint each trial sets with `trial.set_constraint`."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraint_of, multivariate=True)
-    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraint_of, population_size=12)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """Heartbeats let a resumed or parallel search fail trials whose worker died, then retry them."""
-    retry = RetryFailedTrialCallback(max_retry=2)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -144,7 +144,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                          failed_trial_callback=retry,
+                                          heartbeat_stale_trial_callback=retry,
                                           engine_kwargs={"connect_args": {"timeout": 60}}
                                           if url.startswith("sqlite") else None)
     except Exception as exc:  # bad URL, missing driver, unreachable server
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
     study = optuna.create_study(study_name=args.study_name, storage=make_storage(storage_url),
                                 directions=["maximize", "minimize"], load_if_exists=True,
                                 sampler=make_sampler(args.sampler, args.seed))
