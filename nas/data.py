@@ -357,7 +357,7 @@ def _load_image_folder_pair(root: Path, train_dir: Path, val_dir: Path, resoluti
     train = torch.stack([_decode_image(train_files[i], resolution) for i in keep_t])
     val = torch.stack([_decode_image(val_files[i], resolution) for i in keep_v])
     return _build(root, (train, torch.from_numpy(train_labels[keep_t])),
-                  (val, torch.from_numpy(val_labels[keep_v])), names, len(names))
+                  (val, torch.from_numpy(val_labels[keep_v])), names, len(names), seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,8 +375,11 @@ def _check_args(resolution: int, val_fraction: float, limit: int | None) -> None
 
 def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded subset of size n whose class shares follow those of `labels`."""
-    if n >= len(labels):
-        return np.arange(len(labels))
+    return _interleaved_order(labels, seed)[:n]
+
+
+def _interleaved_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded permutation in which every prefix holds the classes in their overall proportions."""
     order = np.random.default_rng(seed).permutation(len(labels))
     # Rank within class, as a fraction of the class size: taking the n smallest fractions
     # interleaves the classes in proportion to their sizes.
@@ -385,7 +388,7 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(len(order))
     rank[by_class] = (np.arange(len(order)) - class_start[inverse[by_class]]) / counts[inverse[by_class]]
-    return order[np.argsort(rank, kind="stable")[:n]]
+    return order[np.argsort(rank, kind="stable")]
 
 
 def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -441,7 +444,7 @@ def _split_and_build(where: str | Path, images: Tensor, labels: Tensor, class_na
     train = (images[train_idx], labels[train_idx])
     val = (images[val_idx], labels[val_idx])
     num_classes = len(class_names) if class_names else int(label_array.max()) + 1
-    return _build(where, train, val, class_names, num_classes)
+    return _build(where, train, val, class_names, num_classes, seed=seed)
 
 
 def _build_given_split(root: Path, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
@@ -455,22 +458,32 @@ def _build_given_split(root: Path, train: tuple[Tensor, Tensor], val: tuple[Tens
     train = (_resize(train[0][keep_t], size), train[1][keep_t])
     val = (_resize(val[0][keep_v], size), val[1][keep_v])
     num_classes = len(class_names) if class_names else int(max(train[1].max(), val[1].max())) + 1
-    return _build(root, train, val, class_names, num_classes)
+    return _build(root, train, val, class_names, num_classes, seed=seed)
 
 
 def _build(where: str | Path, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-           class_names: tuple[str, ...] | None, num_classes: int) -> Splits:
-    """Check the splits are usable and normalise both with the train split's statistics."""
+           class_names: tuple[str, ...] | None, num_classes: int, *, seed: int) -> Splits:
+    """Check the splits are usable and normalise both with the train split's statistics.
+
+    Both splits are stored in a seeded class-interleaved order: sources are often sorted by class
+    (the bundled MNIST is), and callers take "the first N validation images" for quick checks.
+    """
     present = torch.unique(train[1])
     if len(present) < 2:
         raise DataError(f"{where}: only one class ({_class_label(class_names, present)}); "
                         f"classification needs at least 2")
     if len(val[1]) == 0:
         raise DataError(f"{where}: validation split is empty")
+    train, val = (_interleave(*split, seed) for split in (train, val))
     mean, std = _channel_stats(train[0])
     name = where if isinstance(where, str) else where.as_posix()
     return Splits(ImageDataset(*train, mean, std), ImageDataset(*val, mean, std), num_classes, name,
                   class_names)
+
+
+def _interleave(images: Tensor, labels: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    order = torch.from_numpy(_interleaved_order(labels.numpy(), seed))
+    return images[order], labels[order]
 
 
 def _class_label(class_names: tuple[str, ...] | None, present: Tensor) -> str:

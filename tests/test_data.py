@@ -72,6 +72,8 @@ def test_mnist_shapes_dtype_classes(mnist: Splits) -> None:
     # Stored small: one uint8 channel at the target resolution.
     assert mnist.train.images.dtype == torch.uint8 and mnist.train.images.shape == (4000, 1, 16, 16)
     assert np.bincount(mnist.val.labels.numpy()).tolist() == [100] * 10  # stratified
+    # The source is sorted by class; the splits are not: any prefix is class-balanced.
+    assert np.bincount(mnist.val.labels[:50].numpy()).tolist() == [5] * 10
     x, y = mnist.train.batch(torch.arange(512))
     assert x.shape == (512, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert torch.equal(x[:, 0], x[:, 2])  # gray repeated to 3 channels
