@@ -3,13 +3,26 @@
     python -m compress.prune      torch-pruning + fine-tuning, to a measured latency or a ratio
     python -m compress.quantize   NNCF INT8 of the OpenVINO model (accuracy control as fallback)
     python -m compress.export     IR + ONNX of every variant, verified against PyTorch and timed
+
+The public names below are imported lazily, so `python -m compress.X` does not import its own
+module twice (runpy warns when a package __init__ imports the module it is about to run).
 """
 
-from compress._target import Target, load_target
-from compress.export import export_target
-from compress.prune import prune_model, prune_target
-from compress.quantize import quantize_model, quantize_target
-from compress.report import write_report
+from __future__ import annotations
 
-__all__ = ["Target", "export_target", "load_target", "prune_model", "prune_target", "quantize_model",
-           "quantize_target", "write_report"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Target": "compress._target", "load_target": "compress._target",
+    "prune_model": "compress.prune", "prune_target": "compress.prune",
+    "quantize_model": "compress.quantize", "quantize_target": "compress.quantize",
+    "export_target": "compress.export", "write_report": "compress.report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'compress' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

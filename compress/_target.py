@@ -10,6 +10,7 @@ results/<run>/compress/report.json, report.md   one entry per compressed winner
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.data import Splits, load_dataset
 from nas.errors import UserError
 from nas.runs import Winner, atomic_write, get_winner, read_config, resolve_run
 
@@ -85,6 +87,12 @@ def load_target(run: str | Path | None, rank: int | None) -> Target:
     except Exception as exc:  # a corrupt config is the user's file, not our bug
         raise UserError(f"{run_dir}/config.yaml: cannot read ({exc})") from None
     return Target(run_dir, get_winner(run_dir, rank), config)
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(source: str | None, resolution: int, limit: int | None = None) -> Splits:
+    """nas.data.load_dataset, memoised: prune, quantize and export in one process share the decode."""
+    return load_dataset(source, resolution, limit=limit)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

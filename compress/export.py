@@ -25,8 +25,15 @@ from torch import nn
 
 from compress._metrics import count_macs, count_params, size_on_disk
 from compress._runtime import compare, onnx_logits, openvino_logits, top1, torch_logits, validation_batch
-from compress._target import Target, add_target_arguments, load_module, load_target, read_json, write_json
-from nas.data import load_dataset
+from compress._target import (
+    Target,
+    add_target_arguments,
+    load_module,
+    load_splits,
+    load_target,
+    read_json,
+    write_json,
+)
 from nas.errors import run_cli
 from nas.export import convert_openvino, export_onnx, save_openvino
 from nas.latency import LatencyStats, MeasureSettings, measure_ir
@@ -77,7 +84,7 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     from compress.report import write_report
 
     resolution = target.target_resolution
-    images, labels = validation_batch(load_dataset(target.data, resolution).val, val_limit)
+    images, labels = validation_batch(load_splits(target.data, resolution).val, val_limit)
     out = target.export_dir
     results: dict[str, Any] = {}
     files: dict[str, Path] = {}

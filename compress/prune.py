@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from compress._metrics import count_macs, count_params
-from compress._target import Target, add_target_arguments, load_target, write_json
+from compress._target import Target, add_target_arguments, load_splits, load_target, write_json
 from nas.errors import UserError, run_cli
 from nas.export import example_input
 from nas.latency import MeasureSettings, measure
@@ -136,7 +136,6 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
                  distill: bool = False, settings: MeasureSettings | None = None, data_limit: int | None = None,
                  quiet: bool = False) -> dict[str, Any]:
     """Prune + fine-tune a winner; save pruned/model.pt and pruned/metrics.json; returns the metrics."""
-    from nas.data import load_dataset
     from nas.train import evaluate, train_proxy
 
     if ratio is None and target_ms is None:
@@ -150,7 +149,7 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
             print(f"  {count_params(m) / 1e3:.1f} k params: {stats.summary()}", file=sys.stderr)
         return stats.ms
 
-    splits = load_dataset(target.data, target.proxy_resolution, limit=data_limit)
+    splits = load_splits(target.data, target.proxy_resolution, data_limit)
     model = target.fp32_model()
     original = copy.deepcopy(model).eval()
     if target_ms is not None and (start_ms := latency(model)) <= target_ms:
@@ -167,6 +166,7 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)
     target.pruned_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model, target.pruned_path())
+    (target.int8_dir / "metrics.json").unlink(missing_ok=True)  # an INT8 of the previous pruned model is stale
     metrics = {
         "ratio": history[-1].ratio, "steps": len(history), "target_ms": target_ms,
         "reached_target": None if target_ms is None else after["latency_ms"] <= target_ms,

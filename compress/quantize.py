@@ -14,6 +14,7 @@ are refreshed, verified and timed (compress.export) and the report rewritten.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,8 @@ import torch
 from torch import nn
 
 from compress._runtime import compile_openvino, openvino_logits, top1, validation_batch
-from compress._target import Target, add_target_arguments, load_module, load_target, write_json
-from nas.data import ImageDataset, calibration_subset, load_dataset
+from compress._target import Target, add_target_arguments, load_module, load_splits, load_target, write_json
+from nas.data import ImageDataset, calibration_subset
 from nas.errors import run_cli
 from nas.export import convert_openvino, save_openvino
 
@@ -98,6 +99,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     """INT8 OpenVINO model of `model` at the resolution of `validation` (which must match `calibration`)."""
     import nncf
 
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every op it skips
     start = time.perf_counter()
     resolution = validation.resolution
     if calibration.shape[-1] != resolution:
@@ -137,15 +139,14 @@ def source_model(target: Target, use_pruned: bool = True) -> tuple[str, nn.Modul
 
 
 def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int = 300, keep_float: bool = True,
-                    use_pruned: bool = True, val_limit: int | None = None, resolution: int | None = None,
-                    quiet: bool = False) -> dict[str, Any]:
+                    use_pruned: bool = True, val_limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Quantize a winner, save int8/model.xml and int8/metrics.json; returns the metrics."""
-    resolution = resolution or target.target_resolution
+    resolution = target.target_resolution  # the static IR shape export verifies and times
     source, model = source_model(target, use_pruned)
     if not quiet:
         print(f"quantizing the {source} model of {target.winner.directory.name} at {resolution} px ...",
               file=sys.stderr)
-    splits = load_dataset(target.data, resolution)
+    splits = load_splits(target.data, resolution)
     result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=max_drop,
                             keep_float=keep_float, threads=target.threads, val_limit=val_limit)
     path = save_openvino(result.model, target.int8_dir / "model.xml")
@@ -164,8 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest acceptable top-1 drop in points before accuracy control (default 0.5)")
     parser.add_argument("--calibration", type=positive_int, default=300, help="calibration images (train split)")
     parser.add_argument("--val-limit", type=positive_int, default=None, help="validate on the first N images")
-    parser.add_argument("--resolution", type=positive_int, default=None,
-                        help="static input side of the IR (default: the run's target resolution)")
     parser.add_argument("--fp32", action="store_true", help="quantize the unpruned winner even if a pruned one exists")
     parser.add_argument("--quantize-all", action="store_true",
                         help="also quantize attention MatMuls/Div/softmax/selection ops (normally kept float)")
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     target = load_target(args.run, args.winner)
     metrics = quantize_target(target, max_drop=args.max_drop, calibration=args.calibration,
                               keep_float=not args.quantize_all, use_pruned=not args.fp32, val_limit=args.val_limit,
-                              resolution=args.resolution, quiet=args.quiet)
+                              quiet=args.quiet)
     print(f"INT8 ({metrics['method']}, {metrics['fake_quantize_ops']} FakeQuantize): top-1 "
           f"{100 * metrics['fp32_accuracy']:.2f}% -> {100 * metrics['int8_accuracy']:.2f}% "
           f"(drop {metrics['drop_points']:.2f} points) -> {metrics['ir']}")

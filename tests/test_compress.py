@@ -1,0 +1,165 @@
+"""compress: prune, quantize and export a tiny model of every block kind, end to end, for real.
+
+Real torch-pruning, NNCF, OpenVINO and ONNX Runtime; tiny models at 32 px; quick latency settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from compress._metrics import count_params
+from compress._runtime import compare, onnx_logits, openvino_logits, torch_logits
+from compress._target import Target, load_module, load_target, read_json
+from compress.export import export_files, export_target
+from compress.prune import ROUND_TO, prune_model, prune_target
+from compress.quantize import count_fake_quantize, quantize_target
+from nas.arch import Arch, StageSpec
+from nas.data import load_dataset
+from nas.latency import MeasureSettings
+from nas.models import build_model
+from nas.runs import save_winner
+from nas.train import train_proxy
+from tests.conftest import MIXERS, tiny_arch
+
+RESOLUTION = 32
+QUICK = MeasureSettings.quick()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_run(directory: Path, arch: Arch, train: bool = True) -> Path:
+    """A search-run directory with one winner: a tiny arch, briefly trained on bundled MNIST."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"data": None, "proxy_resolution": RESOLUTION, "target_resolution": RESOLUTION,
+              "backend": "openvino", "threads": 2, "num_classes": 10, "budget_ms": 5}
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    model = build_model(arch)
+    accuracy = 0.0
+    if train:
+        accuracy = train_proxy(model, load_dataset(None, RESOLUTION, limit=600), epochs=1, threads=2).accuracy
+    save_winner(directory, 1, arch, model.state_dict(), {"accuracy": accuracy})
+    return directory
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def hybrid_arch() -> Arch:
+    """All four block kinds in one tiny network, so one training run serves the end-to-end test."""
+    return Arch(
+        stages=(
+            StageSpec("mbconv", 1, 16, expand=2, downsample="mbconv"),
+            StageSpec("catm", 1, 24, expand=2, downsample="conv"),
+            StageSpec("litemla", 1, 32, expand=2, downsample="none", head_dim=8),
+            StageSpec("glsra", 1, 32, expand=2, downsample="none", head_dim=8, fusion_tokens=2),
+        ),
+        stem_kind="dsconv", stem_width=8, stem_depth=1, head_kind="evit", head_widths=(32, 48), num_classes=10,
+        name="tiny-hybrid",
+    )
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_prune_each_block_kind(mixer: str) -> None:
+    """Fewer params, pruned widths multiples of 8, classifier kept, still runs and exports to ONNX/IR."""
+    original = build_model(tiny_arch(mixer)).eval()
+    model = copy.deepcopy(original)
+    prune_model(model, RESOLUTION, ratio=0.5)
+    assert count_params(model) < count_params(original)
+    before, after = layer_widths(original), layer_widths(model)
+    changed = {name: width for name, width in after.items() if width != before[name]}
+    assert changed and all(width % ROUND_TO == 0 for width in changed.values()), changed
+    classifier = list(before)[-1]
+    assert after[classifier] == before[classifier] == 10
+    images = torch.randn(4, 3, RESOLUTION, RESOLUTION)
+    reference = torch_logits(model, images)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = export_files(model, Path(tmp), "pruned", RESOLUTION)
+        for logits in (openvino_logits(paths["xml"], images), onnx_logits(paths["onnx"], images)):
+            assert compare(reference, logits)["max_abs_diff"] < 1e-3
+
+
+def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
+    target: Target = load_target(make_run(tmp_path / "run", hybrid_arch()), None)
+    original = target.fp32_model()
+
+    pruned_metrics = prune_target(target, ratio=0.5, epochs=1, settings=QUICK, data_limit=400, quiet=True)
+    assert pruned_metrics["after"]["params"] < pruned_metrics["before"]["params"]
+    assert pruned_metrics["after"]["macs"] < pruned_metrics["before"]["macs"]
+    pruned = load_module(target.pruned_path())  # reloads as a whole module
+    assert count_params(pruned) == pruned_metrics["after"]["params"] < count_params(original)
+
+    q = quantize_target(target, calibration=32, val_limit=100, quiet=True)
+    assert q["source"] == "pruned"
+    import openvino as ov
+
+    int8_ir = ov.Core().read_model(str(target.int8_dir / "model.xml"))
+    assert count_fake_quantize(int8_ir) > 0
+    # LiteMLA and GLSRA attention cores, CageViT selection stay float
+    kept = " ".join(q["ignored_ops"])
+    assert all(kind in kept for kind in ("MatMul", "Divide", "Softmax", "TopK", "GatherElements")), kept
+
+    metrics = export_target(target, val_limit=64, rounds=1, settings=QUICK, quiet=True)
+    variants = metrics["variants"]
+    assert set(variants) == {"fp32", "pruned", "int8"}
+    for name in ("fp32", "pruned"):
+        for kind in ("xml", "onnx"):
+            info = variants[name]["files"][kind]
+            assert Path(info["path"]).is_file()
+            assert info["finite"] and info["max_abs_diff"] < 1e-3, (name, kind, info)
+            assert info["top1_agreement"] >= 0.98, (name, kind, info)
+            assert info["latency"]["estimate_ms"] > 0
+    assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.8
+    assert variants["pruned"]["params"] < variants["fp32"]["params"]
+
+    report = read_json(target.run_dir / "compress" / "report.json")
+    entry = report["winners"][target.winner.directory.name]
+    assert set(entry["variants"]) == {"fp32", "pruned", "int8"} and "fp32/int8" in entry["speedups"]
+    assert (target.run_dir / "compress" / "report.md").read_text().count("| int8 |") == 1
+
+
+def test_prune_to_latency_target_stops_when_under() -> None:
+    model = build_model(tiny_arch("mbconv")).eval()
+    latencies = iter([3.0, 2.0, 1.0, 0.5])
+    history = prune_model(model, RESOLUTION, target_ms=1.5, latency=lambda m: next(latencies), step_ratio=0.2)
+    assert [h.step for h in history] == [1, 2, 3] and history[-1].latency_ms == 1.0
+    assert history[0].params > history[-1].params
+
+
+def _cli(module: str, *args: str, env_results: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VITNAS_RESULTS": str(env_results)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("module", ["compress.prune", "compress.quantize", "compress.export"])
+def test_cli_missing_run_is_one_line_exit_2(tmp_path: Path, module: str) -> None:
+    result = _cli(module, env_results=tmp_path / "empty")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no search run" in lines[0]
+    result = _cli(module, "--run", str(tmp_path / "nope"), env_results=tmp_path)
+    assert result.returncode == 2 and "no such run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_missing_winner_is_one_line_exit_2(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", tiny_arch("mbconv"), train=False)
+    result = _cli("compress.quantize", "--run", str(run), "--winner", "7", env_results=tmp_path)
+    assert result.returncode == 2 and "--winner 7" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.yaml").write_text("data: null\n")
+    result = _cli("compress.prune", "--run", str(empty), "--ratio", "0.3", env_results=tmp_path)
+    assert result.returncode == 2 and "no winners" in result.stderr
+    result = _cli("compress.prune", "--run", str(run), env_results=tmp_path)  # neither --ratio nor --target-ms
+    assert result.returncode == 2 and "--ratio" in result.stderr
