@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,9 @@ from nas.export import convert_openvino, save_openvino
 # The convs and Linears, where the MACs are, are quantized. `keep_float=False` measures the cost.
 KEEP_FLOAT_TYPES = ["Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate",
                     "ScatterUpdate", "ScatterNDUpdate"]
+# The CageViT CAM guide decides which tokens are selected; INT8 noise in its scores flips the TopK
+# order (seeds-brief 3.3), so the whole guide (its 1x1 conv included) stays float.
+GUIDE_PATTERN = re.compile(r".*\.guide[/.].*")
 _PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
 
 
@@ -86,7 +90,10 @@ def keep_float_scope(ov_model: Any) -> tuple[Any, list[str]]:
     matched = names + [op.get_friendly_name() for op in ov_model.get_ordered_ops()
                        if op.get_type_name() in KEEP_FLOAT_TYPES]
     # validate=False: a pure-conv model has none of these types, which is fine, not an error.
-    return nncf.IgnoredScope(names=names, types=list(KEEP_FLOAT_TYPES), validate=False), matched
+    guide = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+             if GUIDE_PATTERN.match(op.get_friendly_name()) and op.get_type_name() != "Constant"]
+    return (nncf.IgnoredScope(names=names, types=list(KEEP_FLOAT_TYPES), patterns=[GUIDE_PATTERN.pattern],
+                              validate=False), matched + guide)
 
 
 def count_fake_quantize(ov_model: Any) -> int:
