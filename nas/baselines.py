@@ -62,12 +62,17 @@ FAMILIES: dict[str, Callable[[float, int], Arch]] = {
 
 def scale_to_budget(family: str, num_classes: int, budget_ms: float,
                     latency_ms: Callable[[Arch], float]) -> tuple[Arch, float]:
-    """The widest rung of the ladder within budget (else the narrowest), with its latency."""
+    """The widest rung of the ladder within budget (else the narrowest), with its latency.
+
+    Walks up from the narrowest rung and stops at the first one over budget: small models are
+    quick to export and time, so this costs far less than walking down from the widest.
+    """
     build = FAMILIES[family]
-    arch, ms = build(WIDTH_LADDER[-1], num_classes), float("inf")
-    for scale in WIDTH_LADDER:
+    best: tuple[Arch, float] | None = None
+    for scale in sorted(WIDTH_LADDER):
         arch = build(scale, num_classes)
         ms = latency_ms(arch)
-        if ms <= budget_ms:
+        if ms > budget_ms:
             break
-    return arch, ms
+        best = (arch, ms)
+    return best if best is not None else (build(min(WIDTH_LADDER), num_classes), ms)
