@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nas import faults
+
 
 def lock_path() -> Path:
     """One lock file per machine (override with VITNAS_LOCK for tests or shared volumes)."""
@@ -37,11 +39,21 @@ def _flock(mode: int) -> Iterator[None]:
 def measuring() -> Iterator[None]:
     """Hold while timing a model: no training runs on this machine meanwhile."""
     with _flock(fcntl.LOCK_EX):
-        yield
+        faults.trace("measure start")
+        try:
+            faults.point("measure")
+            yield
+        finally:
+            faults.trace("measure end")
 
 
 @contextmanager
 def training() -> Iterator[None]:
     """Hold while training (per epoch, so measurements can slip in between epochs)."""
     with _flock(fcntl.LOCK_SH):
-        yield
+        faults.trace("train start")
+        try:
+            faults.point("train")
+            yield
+        finally:
+            faults.trace("train end")

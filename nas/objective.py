@@ -7,8 +7,11 @@ trial stops when its accuracy is far below what completed trials had at epoch k.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import numpy as np
 import optuna
 import torch
 
+from nas import faults
 from nas.arch import Arch
 from nas.data import Splits
 from nas.latency import LatencyCache, LatencyStats, MeasureSettings, measure
@@ -26,6 +30,7 @@ from nas.train import train_proxy
 NEAR_BUDGET = 0.15  # within 15% of the budget: measure again before deciding
 EARLY_STOP_MIN_PEERS = 4
 EARLY_STOP_MARGIN = 0.10  # accuracy points below the peers' lower quartile at the same epoch
+CLAIM_SECONDS = 30  # a live worker claims its trial within milliseconds; an unclaimed older one is orphaned
 
 
 @dataclass
@@ -40,6 +45,7 @@ class TrialSettings:
     seed: int
     checkpoints: Path
     latency_settings: MeasureSettings | None = None
+    trials: int | None = None  # completed trials wanted across all workers: a surplus trial is pruned
 
 
 class Objective:
@@ -54,6 +60,8 @@ class Objective:
 
     def latency(self, arch: Arch, model: torch.nn.Module | None = None) -> LatencyStats:
         s = self.settings
+        faults.point("latency")
+        faults.point("export")
         model = model if model is not None else build_model(arch)
         stats = measure(model, s.target_resolution, s.backend, s.threads, cache=self.cache, key=arch.hash,
                         settings=s.latency_settings)
@@ -66,6 +74,32 @@ class Objective:
         return stats
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        faults.set_trial(trial.number)
+        trial.set_user_attr("worker", worker_claim(trial.number))
+        if "curve" in trial.user_attrs:  # a retried trial inherits the user attrs of the one that died
+            trial.set_user_attr("curve", [])
+        self._check_surplus(trial)
+        try:
+            values = self._evaluate(trial)
+        except BaseException as exc:  # Optuna marks the trial failed; keep why (trials.csv fail_reason)
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        finally:
+            faults.set_trial(None)
+        faults.point("done", trial.number)
+        return values
+
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        """Prune this trial when completed + earlier in-flight trials (any worker) already reach --trials."""
+        if self.settings.trials is None:
+            return
+        ahead = sum(t.state == optuna.trial.TrialState.COMPLETE or (t.number < trial.number and is_live(t))
+                    for t in trial.study.get_trials(deepcopy=False))
+        if ahead >= self.settings.trials:
+            trial.study.stop()
+            raise optuna.TrialPruned(f"{self.settings.trials} trials already complete or in flight")
+
+    def _evaluate(self, trial: optuna.Trial) -> tuple[float, float]:
         started = time.perf_counter()
         arch = self.arch_for(trial)
         trial.set_user_attr("arch", arch.to_dict())
@@ -106,6 +140,51 @@ class Objective:
         trial.set_user_attr("checkpoint", checkpoint.name)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         return result.accuracy, stats.ms
+
+
+def worker_claim(number: int) -> dict[str, Any]:
+    """Who runs a trial: host, pid and process start time (so a reused pid is not taken for the worker)."""
+    pid = os.getpid()
+    return {"trial": number, "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)}
+
+
+def _process_start(pid: int) -> str | None:
+    try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_dead(trial: optuna.trial.FrozenTrial) -> bool | None:
+    """True if the worker that claimed this trial is gone; None if unknown (no claim, another host)."""
+    claim = trial.user_attrs.get("worker") or {}
+    if claim.get("trial") != trial.number or claim.get("host") != socket.gethostname():
+        return None  # unclaimed (or a claim copied from a retried trial), or on another machine
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, another user's
+    start = _process_start(int(claim["pid"]))
+    return start is not None and claim.get("pid_start") is not None and start != claim["pid_start"]
+
+
+def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial no live worker is running: its worker died, or it was never claimed."""
+    if trial.state != optuna.trial.TrialState.RUNNING:
+        return False
+    dead = worker_dead(trial)
+    if dead is not None:
+        return dead
+    claim = trial.user_attrs.get("worker") or {}
+    if claim.get("trial") == trial.number or trial.datetime_start is None:
+        return False  # claimed on another machine: only the storage heartbeat can tell
+    return (datetime.now() - trial.datetime_start).total_seconds() > CLAIM_SECONDS
+
+
+def is_live(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == optuna.trial.TrialState.RUNNING and not is_orphan(trial)
 
 
 def _peer_curves(trial: optuna.Trial) -> list[list[float]]:

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import faults
 from nas.arch import Arch
 from nas.cli import Parser
 from nas.errors import UserError, run_cli
@@ -63,8 +64,14 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "epochs_run": len(attrs.get("curve", [])),
         "params_m": round(attrs["params_m"], 3) if "params_m" in attrs else "",
         "seconds": round(attrs.get("seconds", 0.0), 1),
-        "fail_reason": trial.system_attrs.get("fail_reason", "") if trial.state == TrialState.FAIL else "",
+        "fail_reason": fail_reason(trial) if trial.state == TrialState.FAIL else "",
     }
+
+
+def fail_reason(trial: FrozenTrial) -> str:
+    """Why a trial failed: recorded by the objective or the resume check; else its worker stopped beating."""
+    return (trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason")
+            or "worker lost (heartbeat stale)")
 
 
 def trials_csv(trials: list[FrozenTrial]) -> str:
@@ -140,6 +147,12 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
         f"within budget: {sum(is_feasible(t) for t in complete)}, over budget: "
         f"{sum(not is_feasible(t) for t in complete)}",
         "",
+    ]
+    if complete and not any(is_feasible(t) for t in complete):
+        lines += [f"**No feasible architecture**: all {len(complete)} completed trials exceed the "
+                  f"{config['budget_ms']:g} ms budget (fastest {min(t.values[1] for t in complete):.3g} ms); "
+                  "raise the budget or search a smaller space.", ""]
+    lines += [
         "## Winners (Pareto-optimal within budget)",
         "",
         "| rank | trial | accuracy | latency (ms) | CV | params (M) | architecture |",
@@ -192,12 +205,21 @@ def export_winners(run_dir: Path, front: list[FrozenTrial]) -> list[tuple[int, F
 
 
 def write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None = None, splits: Any = None) -> None:
+    """Regenerate every result file; workers sharing the run directory take turns (a file lock)."""
+    from filelock import FileLock
+
+    with FileLock(run_dir / ".report.lock"):
+        _write_report(run_dir, study, budget_ms)
+
+
+def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -> None:
     config = read_config(run_dir)
     budget_ms = budget_ms if budget_ms is not None else config["budget_ms"]
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(trials)
     atomic_write(run_dir / "trials.csv", trials_csv(trials))
     pareto_png(run_dir / ".pareto.png.tmp.png", trials, front, budget_ms)
+    faults.point("report")
     (run_dir / ".pareto.png.tmp.png").replace(run_dir / "pareto.png")
     pareto_html(run_dir / "pareto.html", study)
     winners = export_winners(run_dir, front)
@@ -213,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="Optuna storage URL if not the run's study.db")
     args = parser.parse_args(argv)
     run_dir = resolve_run(args.run)
-    config = read_config(run_dir)
+    try:
+        config = read_config(run_dir)
+    except Exception as exc:  # the user's file: one line, not a traceback
+        raise UserError(f"{run_dir}/config.yaml: cannot read ({type(exc).__name__})") from None
+    if not isinstance(config, dict) or "budget_ms" not in config:
+        raise UserError(f"{run_dir}/config.yaml: not a search config (no budget_ms)")
     url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     if not args.storage and not (run_dir / "study.db").is_file():
         raise UserError(f"{run_dir}/study.db: not found; pass --storage for a study kept elsewhere")
@@ -221,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         study = optuna.load_study(study_name=config.get("study_name", "search"), storage=url)
     except KeyError:
         raise UserError(f"{url}: no study named {config.get('study_name', 'search')!r}") from None
+    except Exception as exc:  # a corrupt study.db, a bad URL, a missing driver
+        raise UserError(f"{url}: cannot open the study ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     write_report(run_dir, study)
     print(f"report written to {run_dir}")
     return 0

@@ -27,6 +27,11 @@ from nas.runs import RESULTS_DIR, atomic_write
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 MAX_CONSECUTIVE_FAILURES = 5
+EXIT_FAILED = 1  # the search stopped on repeated trial failures
+# A trial whose worker died is failed and run again, at most twice (then it is likely the trial's fault).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
 # Settings that define a study; resuming with different ones would mix incomparable trials.
 IDENTITY_KEYS = ("budget_ms", "space_file", "space", "data", "proxy_resolution", "target_resolution",
                  "backend", "threads", "epochs", "seed", "sampler", "limit")
@@ -38,8 +43,9 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m nas.search", description=__doc__)
     p.add_argument("--budget-ms", type=positive_float, default=5.0, help="latency budget in ms (default 5)")
     p.add_argument("--trials", type=positive_int, default=30, help="completed trials to reach (default 30)")
-    p.add_argument("--timeout", type=positive_float, default=1500.0,
-                   help="stop starting new trials after this many seconds (default 1500)")
+    p.add_argument("--timeout", type=positive_float, default=1620.0,
+                   help="stop starting new trials this many seconds after the command started, baseline "
+                        "scaling included (default 1620: with the last trial and the report, under 30 min)")
     p.add_argument("--space", default=None, help="search space YAML (default search_spaces/default.yaml)")
     p.add_argument("--data", default=None, help="mnist (default, bundled), digits, or a CIFAR-10/ImageFolder dir")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
@@ -136,19 +142,55 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """Heartbeats let a resumed or parallel search fail trials whose worker died, then retry them."""
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=2)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         backend = JournalFileBackend(url.removeprefix("journal:"))
         return optuna.storages.JournalStorage(backend)
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                          heartbeat_stale_trial_callback=retry,
-                                          engine_kwargs={"connect_args": {"timeout": 60}}
-                                          if url.startswith("sqlite") else None)
-    except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                              heartbeat_stale_trial_callback=RETRY,
+                                              engine_kwargs={"connect_args": {"timeout": 60}}
+                                              if url.startswith("sqlite") else None)
+        except (IntegrityError, ProgrammingError) as exc:
+            if attempt == 2:
+                raise UserError(f"--storage {url!r}: cannot create the Optuna schema ({type(exc).__name__})") from None
+            time.sleep(1.0)  # workers starting together race to create the schema: the other one won
+        except Exception as exc:  # bad URL, missing driver, unreachable server
+            raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]})") from None
+    raise AssertionError("unreachable")
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail (and retry) RUNNING trials whose worker is gone, now rather than after the heartbeat grace.
+
+    Sound with several workers: a trial is failed only when its claimed worker process on this host
+    no longer exists, or when no worker claimed it within CLAIM_SECONDS; a live worker's trial is
+    never touched, and trials claimed on other hosts are left to the storage heartbeat.
+    """
+    from nas.objective import is_orphan
+
+    storage, failed = study._storage, []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_orphan(trial):
+            continue
+        claim = trial.user_attrs.get("worker") or {}
+        reason = (f"worker {claim['pid']} on {claim['host']} died during the trial"
+                  if claim.get("trial") == trial.number
+                  else "no worker claimed the trial (its worker died before starting it)")
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it (or it finished) first
+    for trial_id in failed:
+        RETRY(study, storage.get_trial(trial_id))
+    return failed
 
 
 def enqueue_baselines(study: optuna.Study, objective: Any, budget_ms: float, quiet: bool) -> None:
@@ -173,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.report import write_report
     from nas.space import DEFAULT_SPACE, load_space
 
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     check_backend(args.backend)
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
@@ -182,70 +225,98 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = run_directory(args, space.name)
     config = resolved_config(args, space_file, space, threads, splits.num_classes)
     check_resume(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    atomic_write(run_dir / "environment.json", json.dumps(environment(threads, args.backend), indent=2))
-
+    # Open the storage before writing anything: a refused invocation leaves an existing run untouched.
     storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: one line each from after_trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
-    study = optuna.create_study(study_name=args.study_name, storage=make_storage(storage_url),
+    storage = make_storage(storage_url) if args.storage else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=args.study_name, storage=storage or make_storage(storage_url),
                                 directions=["maximize", "minimize"], load_if_exists=True,
                                 sampler=make_sampler(args.sampler, args.seed))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write(run_dir / "environment.json", json.dumps(environment(threads, args.backend), indent=2))
     settings = TrialSettings(budget_ms=args.budget_ms, target_resolution=space.resolution.target,
                              backend=args.backend, threads=threads, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              checkpoints=run_dir / "checkpoints",
-                             latency_settings=MeasureSettings.quick() if args.quick_latency else None)
+                             latency_settings=MeasureSettings.quick() if args.quick_latency else None,
+                             trials=args.trials)
     objective = Objective(space, splits, settings, LatencyCache(run_dir / "latency_cache.sqlite"))
+    orphans = fail_orphaned_trials(study)
+    if orphans and not args.quiet:
+        print(f"resume: {len(orphans)} trial(s) left running by a dead worker failed and queued again",
+              file=sys.stderr)
     if not args.no_baselines:
         enqueue_baselines(study, objective, args.budget_ms, args.quiet)
 
-    interrupted = optimize(study, objective, args)
+    outcome = optimize(study, objective, args, seconds_left=args.timeout - (time.monotonic() - started))
     write_report(run_dir, study, budget_ms=args.budget_ms, splits=splits)
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    print(f"{done} completed trials; results in {run_dir}")
-    if interrupted:
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    print(f"{len(done)} completed trials; results in {run_dir}")
+    if outcome == "interrupted":
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    if outcome is not None:
+        print(f"error: {outcome}", file=sys.stderr)
+        return EXIT_FAILED
+    if done and not any(t.user_attrs.get("constraint", 1) <= 0 for t in done):
+        # Not an error: the search ran; its answer is that nothing in the space meets the budget.
+        fastest = min(t.values[1] for t in done)
+        print(f"no feasible architecture: all {len(done)} completed trials exceed the {args.budget_ms:g} ms "
+              f"budget (fastest {fastest:.3g} ms); raise --budget-ms or use a smaller space", file=sys.stderr)
     return 0
 
 
-def optimize(study: optuna.Study, objective: Any, args: Any) -> bool:
-    """Run trials until --trials complete (across all workers) or --timeout; True if interrupted."""
+def optimize(study: optuna.Study, objective: Any, args: Any, seconds_left: float) -> str | None:
+    """Run trials until --trials complete (across all workers) or `seconds_left` run out.
+
+    Returns None when done, "interrupted" on Ctrl-C, or why the search gave up.
+    """
     from tqdm import tqdm
+
+    from nas.objective import is_live
 
     complete = (TrialState.COMPLETE,)
     remaining = args.trials - len(study.get_trials(deepcopy=False, states=complete))
     if remaining <= 0:
-        return False
+        return None
     bar = tqdm(total=args.trials, initial=args.trials - remaining, disable=args.quiet, unit="trial",
                desc="search", file=sys.stderr)
     failures = [0]
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.PRUNED:  # surplus: other workers already cover --trials
+            return
         failures[0] = failures[0] + 1 if trial.state == TrialState.FAIL else 0
+        if trial.state == TrialState.FAIL:
+            print(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', 'unknown')}", file=sys.stderr)
         if failures[0] >= MAX_CONSECUTIVE_FAILURES:
             study.stop()
         if trial.state == TrialState.COMPLETE:
             bar.update(1)
+        fail_orphaned_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE or is_live(t) for t in trials) >= args.trials:
+            study.stop()  # the trials in flight in other workers complete the count
         bar.set_postfix_str(best_so_far(study))
 
     started = time.monotonic()
     try:
-        study.optimize(objective, timeout=args.timeout, catch=(Exception,), gc_after_trial=True,
+        study.optimize(objective, timeout=max(1.0, seconds_left), catch=(Exception,), gc_after_trial=True,
                        callbacks=[MaxTrialsCallback(args.trials, states=complete), after_trial])
     except KeyboardInterrupt:
-        return True
+        return "interrupted"
     finally:
         bar.close()
-    if failures[0] >= MAX_CONSECUTIVE_FAILURES:
-        last = study.get_trials(deepcopy=False)[-1]
-        reason = last.user_attrs.get("fail_reason") or last.system_attrs.get("fail_reason", "unknown")
-        print(f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: {reason}", file=sys.stderr)
     if not args.quiet:
         print(f"search loop: {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return False
+    if failures[0] >= MAX_CONSECUTIVE_FAILURES:
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        reason = failed[-1].user_attrs.get("fail_reason", "unknown") if failed else "unknown"
+        return f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: {reason}"
+    return None
 
 
 def best_so_far(study: optuna.Study) -> str:

@@ -1,0 +1,73 @@
+"""Chaos-testing and tracing hooks, inert unless their environment variables are set.
+
+VITNAS_FAULTS: comma-separated entries `[kill:]PHASE[:TRIAL]`.
+  PHASE  latency  the latency backend errors before timing a trial's model
+         export   the model fails to export for the latency backend
+         measure  inside a latency measurement (machine lock held exclusive)
+         train    inside a training epoch (machine lock held shared)
+         done     the objective has returned; Optuna has not yet recorded the trial complete
+         report   between result files (trials.csv written, pareto.png not yet)
+  TRIAL  the trial number it applies to; omitted: every trial (and hooks outside trials)
+  kill:  SIGKILL this process there (a crash); without it, raise InjectedFault (the trial fails)
+  e.g. VITNAS_FAULTS="latency:1,train:2,kill:measure:3"
+
+VITNAS_TRACE=path: append `pid event wall monotonic` lines when the machine lock is taken and
+released (`measure start`, `measure end`, `train start`, `train end`), to check the exclusion.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+PHASES = ("latency", "export", "measure", "train", "done", "report")
+
+_current_trial: int | None = None  # set by the objective; read by hooks that do not know the trial
+
+
+class InjectedFault(RuntimeError):
+    """A failure requested through VITNAS_FAULTS."""
+
+
+def _entries() -> list[tuple[bool, str, int | None]]:
+    spec = os.environ.get("VITNAS_FAULTS", "").strip()
+    entries = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        fields = item.split(":")
+        kill = fields[0] == "kill"
+        fields = fields[1:] if kill else fields
+        if not 1 <= len(fields) <= 2 or fields[0] not in PHASES or (len(fields) == 2 and not fields[1].isdigit()):
+            raise ValueError(f"VITNAS_FAULTS: bad entry {item!r}; expected [kill:]PHASE[:TRIAL], PHASE in {PHASES}")
+        entries.append((kill, fields[0], int(fields[1]) if len(fields) == 2 else None))
+    return entries
+
+
+def set_trial(number: int | None) -> None:
+    global _current_trial
+    _current_trial = number
+
+
+def point(phase: str, trial: int | None = None) -> None:
+    """A place where VITNAS_FAULTS may raise or kill; `trial` defaults to the running trial."""
+    if "VITNAS_FAULTS" not in os.environ:
+        return
+    trial = _current_trial if trial is None else trial
+    for kill, name, number in _entries():
+        if name == phase and (number is None or number == trial):
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFault(f"injected {phase} fault (VITNAS_FAULTS)")
+
+
+def trace(event: str) -> None:
+    """Append one line to VITNAS_TRACE (a single O_APPEND write, so concurrent writers never interleave)."""
+    path = os.environ.get("VITNAS_TRACE")
+    if not path:
+        return
+    line = f"{os.getpid()} {event.replace(' ', '_')} {time.time():.6f} {time.monotonic():.6f}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
