@@ -212,7 +212,13 @@ def write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None = N
         _write_report(run_dir, study, budget_ms)
 
 
+REPORT_FILES = ("trials.csv", "pareto.png", "pareto.html", "summary.md", "front.json")
+
+
 def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -> None:
+    for name in REPORT_FILES:  # temporary files of a report killed mid-write (only written under the lock)
+        for stale in run_dir.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
     config = read_config(run_dir)
     budget_ms = budget_ms if budget_ms is not None else config["budget_ms"]
     trials = study.get_trials(deepcopy=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -158,7 +159,8 @@ def test_kill_at_every_phase_then_resume_loses_nothing(tmp_path: Path) -> None:
     assert study.trials[3].system_attrs["retry_history"] == [1, 2]
     rows = {int(r["number"]): r for r in csv.DictReader((run_dir / "trials.csv").open())}
     assert len(rows) == len(study.trials) and "died during the trial" in rows[2]["fail_reason"]
-    assert not list(run_dir.glob(".*tmp*")), "the resumed report replaces the killed one's temporary files"
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".report.lock"]
+    assert not leftovers, "the resumed report removes the killed one's temporary files"
 
 
 def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path: Path) -> None:
@@ -171,11 +173,14 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path: Path) -> N
         proc = subprocess.Popen(search_cmd(tmp_path, "random", "--budget-ms", "1000", "--trials", str(trials)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=env_with(VITNAS_TRACE=str(trace)))
-        time.sleep(rng.uniform(6.0, 14.0))
+        deadline = time.monotonic() + 60
+        while not (run_dir / "study.db").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # start-up (imports, data) is not interesting: kill inside the search loop
+        time.sleep(rng.uniform(0.5, 6.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         events = trace.read_text().split() if trace.exists() else []
-        landed.append(events[-3] if events and events[-3].endswith("start") else "elsewhere")
+        landed.append(events[-3] if events and events[-3].endswith("start") else "outside the lock")
         if run_dir.joinpath("study.db").exists():
             study = study_of(run_dir)
             assert_none_lost(before, study)
@@ -230,7 +235,8 @@ def assert_workers_shared_the_study(study: optuna.Study, trials: int, trace: Pat
     overlaps = [(m, t) for m in spans["measure"] for t in spans["train"]
                 if m[0] != t[0] and m[1] < t[2] and t[1] < m[2]]
     assert not overlaps, f"timing overlapped another worker's training: {overlaps[:3]}"
-    assert len({pid for pid, _, _ in spans["measure"]}) == 2 and len({pid for pid, _, _ in spans["train"]}) == 2
+    # Both workers trained; measurements may all fall to one worker (the latency cache is shared).
+    assert spans["measure"] and len({pid for pid, _, _ in spans["train"]}) == 2
     print(f"{len(done)}/{trials} trials, {len(spans['measure'])} measurements, {len(spans['train'])} epochs, "
           f"{len(overlaps)} overlaps")
 
@@ -304,8 +310,15 @@ BAD_CLI = [  # (module, arguments, fragment of the one-line message)
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
-                          env=env_with())
+    return run_many([[sys.executable, "-m", module, *args]])[0]
+
+
+def run_many(cmds: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run commands concurrently (they are mostly interpreter start-up) and collect their results."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with())
+             for cmd in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
 
 
 def assert_one_line_exit_2(out: subprocess.CompletedProcess, expected: str) -> None:
@@ -316,8 +329,18 @@ def assert_one_line_exit_2(out: subprocess.CompletedProcess, expected: str) -> N
 
 @pytest.mark.parametrize(("module", "args", "expected"), BAD_CLI,
                          ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_arguments_to_every_cli_are_one_line_exit_2(module: str, args: list[str], expected: str) -> None:
-    assert_one_line_exit_2(run_module(module, *args), expected)
+def test_bad_arguments_to_every_cli_are_one_line_exit_2(module: str, args: list[str], expected: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """In process (the CLIs' `main` under `run_cli`, as `python -m` runs them): start-up would dominate."""
+    from nas.errors import run_cli
+
+    main = importlib.import_module(module + (".__main__" if module in ("nas.latency", "nas.models") else "")).main
+    try:
+        code = run_cli(main, args)
+    except SystemExit as exc:  # argparse's own exit: not turned into one line
+        code = exc.code
+    err = capsys.readouterr().err
+    assert_one_line_exit_2(subprocess.CompletedProcess(module, code, "", err), expected)
 
 
 def test_missing_or_corrupt_dataset_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -363,13 +386,13 @@ def test_bad_input_against_an_existing_run_changes_nothing(finished_run: Path, t
     before = tree_digest(finished_run)
     (tmp_path / "empty").mkdir()
     results, run = str(finished_run.parent), finished_run.name
-    attempts = [
-        search(finished_run.parent, run, "--budget-ms", "3", "--trials", "3"),  # other settings: refused
-        search(finished_run.parent, run, "--budget-ms", "1000", "--data", str(tmp_path / "empty")),
-        search(finished_run.parent, run, "--budget-ms", "1000", "--storage", "nosuchdb://x"),
-        run_module("nas.report", "--run", str(finished_run), "--storage", "sqlite:////no/such/dir/x.db"),
-        run_module("compress.prune", "--run", str(finished_run), "--ratio", "5"),
-    ]
+    attempts = run_many([
+        search_cmd(finished_run.parent, run, "--budget-ms", "3", "--trials", "3"),  # other settings: refused
+        search_cmd(finished_run.parent, run, "--budget-ms", "1000", "--data", str(tmp_path / "empty")),
+        search_cmd(finished_run.parent, run, "--budget-ms", "1000", "--storage", "nosuchdb://x"),
+        [sys.executable, "-m", "nas.report", "--run", str(finished_run), "--storage", "sqlite:////no/such/x.db"],
+        [sys.executable, "-m", "compress.prune", "--run", str(finished_run), "--ratio", "5"],
+    ])
     for out in attempts:
         assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert tree_digest(finished_run) == before, f"{results}/{run} changed"
