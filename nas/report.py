@@ -92,17 +92,21 @@ def pareto_png(path: Path, trials: list[FrozenTrial], front: list[FrozenTrial], 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     searched = [t for t in trials if is_trained(t) and not t.user_attrs.get("baseline")]
     over = [t for t in trials if t.state == TrialState.COMPLETE and not is_feasible(t)]
+    trained_acc = [100 * t.values[0] for t in trials if is_trained(t)]
+    # Over-budget trials have no accuracy: draw them on a strip just below the trained ones, so the
+    # y axis keeps the resolution where the Pareto front is.
+    floor = (min(trained_acc) - 0.15 * (max(trained_acc) - min(trained_acc) + 2)) if trained_acc else 0.0
     ax.scatter([t.values[1] for t in searched], [100 * t.values[0] for t in searched], s=22, c="tab:blue",
                alpha=0.6, label="searched (within budget)")
     if over:
-        ax.scatter([t.values[1] for t in over], [0 * t.values[0] for t in over], s=22, marker="x",
-                   c="tab:gray", label="over budget (not trained)")
+        ax.scatter([t.values[1] for t in over], [floor] * len(over), s=22, marker="x",
+                   c="tab:gray", label="over budget (not trained; drawn at the bottom)")
     ax.plot([t.values[1] for t in front], [100 * t.values[0] for t in front], "-o", c="tab:red", ms=6,
             label="Pareto front")
     for trial in trials:
         family = trial.user_attrs.get("baseline")
         if family and trial.state == TrialState.COMPLETE:
-            y = 100 * trial.values[0] if is_trained(trial) else 0.0
+            y = 100 * trial.values[0] if is_trained(trial) else floor
             ax.scatter([trial.values[1]], [y], s=90, marker="*", c="tab:green", zorder=5)
             ax.annotate(trial.user_attrs["arch"].get("name") or family, (trial.values[1], y),
                         textcoords="offset points", xytext=(6, 4), fontsize=8)

@@ -68,13 +68,23 @@ class Winner:
     metrics: dict[str, Any]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return torch.load(self.directory / "weights.pt", map_location="cpu", weights_only=True)
+        path = self.directory / "weights.pt"
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing") from None
+        except Exception as exc:  # truncated, garbage or foreign pickle
+            raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
 
     def model(self) -> torch.nn.Module:
         from nas.models import build_model
 
         model = build_model(self.arch)
-        model.load_state_dict(self.state_dict())
+        try:
+            model.load_state_dict(self.state_dict())
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"{self.directory / 'weights.pt'}: does not match arch.yaml ({first})") from None
         return model.eval()
 
 

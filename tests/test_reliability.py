@@ -299,8 +299,7 @@ BAD_CLI = [  # (module, arguments, fragment of the one-line message)
     ("nas.latency", ["--bogus"], "unrecognized arguments"),
     ("nas.latency", ["--arch", "/no/such.yaml"], "/no/such.yaml"),
     ("nas.latency", ["--passes", "0"], "--passes"),
-    pytest.param("nas.models", ["--bogus"], "unrecognized arguments", marks=pytest.mark.xfail(
-        strict=True, reason="nas/models/__main__.py uses plain argparse: usage + error, two lines")),
+    ("nas.models", ["--bogus"], "unrecognized arguments"),
     ("nas.models", ["--resolution", "4"], "--resolution"),
     ("compress.prune", ["--bogus"], "unrecognized arguments"),
     ("compress.prune", ["--run", "/no/such/run", "--ratio", "0.3"], "no such run"),
@@ -360,7 +359,6 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.xfail(strict=True, reason="nas.runs.Winner.state_dict lets torch.load's error through: a traceback")
 def test_corrupt_winner_weights_are_one_line_exit_2(finished_run: Path, tmp_path: Path) -> None:
     run = copy_run(finished_run, tmp_path)
     (sorted((run / "winners").iterdir())[0] / "weights.pt").write_bytes(b"not a checkpoint" * 10)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 
+from nas.cli import Parser
 from nas.errors import UserError, run_cli
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.presets import list_presets, load_preset
     from nas.space import load_arch_file
 
-    parser = argparse.ArgumentParser(prog="python -m nas.models", description=__doc__)
+    parser = Parser(prog="python -m nas.models", description=__doc__)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
     group.add_argument("--arch", help="an architecture YAML file (e.g. a winner's arch.yaml)")
