@@ -116,7 +116,7 @@ def pareto_png(path: Path, trials: list[FrozenTrial], front: list[FrozenTrial], 
     ax.set_ylabel("proxy validation accuracy (%)")
     ax.set_title("Accuracy vs measured latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
