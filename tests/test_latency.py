@@ -34,7 +34,7 @@ from nas.latency import (
     runtime_version,
     summarize,
 )
-from nas.latency._timing import sample
+from nas.latency._timing import cpu_clock, others_cores, sample
 
 REPO = Path(__file__).resolve().parent.parent
 RES = 32
@@ -110,17 +110,27 @@ def test_sample_remeasures_unsteady_then_stops():
     settings = MeasureSettings(warmup_iters=1, warmup_seconds=0, passes=2, min_samples=2,
                                min_seconds_per_pass=0, max_seconds_per_pass=60, max_retries=3)
     # warm-up 1, then attempt 1 (passes 1,1 | 5,5: unsteady), attempt 2 (2,2 | 2,2: steady)
-    summary, attempts = sample(_scripted_step([9, 1, 1, 5, 5, 2, 2, 2, 2]), settings)
-    assert attempts == 2 and not summary.unsteady and summary.estimate_ms == 2
+    result = sample(_scripted_step([9, 1, 1, 5, 5, 2, 2, 2, 2]), settings)
+    assert result.attempts == 2 and not result.summary.unsteady and result.summary.estimate_ms == 2
 
 
 def test_sample_retries_are_bounded_and_keep_steadiest():
     settings = MeasureSettings(warmup_iters=0, warmup_seconds=0, passes=2, min_samples=1,
                                min_seconds_per_pass=0, max_seconds_per_pass=60, max_retries=2)
     noisy = [1, 3, 1, 2, 1, 4]  # pass CVs: large, smaller, largest
-    summary, attempts = sample(_scripted_step(noisy), settings)
-    assert attempts == 3 and summary.unsteady
-    assert summary.pass_medians_ms == (1.0, 2.0)
+    result = sample(_scripted_step(noisy), settings)
+    assert result.attempts == 3 and result.summary.unsteady
+    assert result.summary.pass_medians_ms == (1.0, 2.0)
+
+
+def test_others_cores_sees_a_busy_neighbour():
+    start = cpu_clock()
+    busy = subprocess.Popen([sys.executable, "-c",
+                             "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"])
+    busy.wait(timeout=30)
+    others = others_cores(start, cpu_clock())
+    assert others is not None and others > 0.3  # the child burned ~1 core (plus whatever else runs)
+    assert others_cores(None, start) is None
 
 
 def test_stats_round_trip_json():
@@ -227,6 +237,7 @@ def _check_sane(stats: LatencyStats, backend: str, threads: int, resolution: int
     assert stats.backend == backend and stats.threads == threads and stats.resolution == resolution
     assert stats.runtime_version == runtime_version(backend) and stats.device
     assert stats.measured_at > 0 and stats.attempts >= 1
+    assert stats.others_cpu is None or stats.others_cpu >= 0
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "torch"])

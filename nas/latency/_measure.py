@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from nas.latency import _backends as backends
 from nas.latency._cache import LatencyCache
 from nas.latency._stats import CacheKey, LatencyStats
 from nas.latency._timing import MeasureSettings, Step, sample
-from nas.machine_lock import measuring
+from nas.machine_lock import measuring, training
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,10 +34,10 @@ def _check_resolution(resolution: int) -> int:
 
 def _time(step: Step, settings: MeasureSettings | None, key: CacheKey) -> LatencyStats:
     with measuring():  # exclusive: no training epoch runs on these cores while we time
-        summary, attempts = sample(step, settings or MeasureSettings())
-    return LatencyStats.from_summary(summary, backend=key.backend, runtime_version=key.runtime_version,
+        result = sample(step, settings or MeasureSettings())
+    return LatencyStats.from_summary(result.summary, backend=key.backend, runtime_version=key.runtime_version,
                                      device=key.device, threads=key.threads, resolution=key.resolution,
-                                     attempts=attempts, key=key.key)
+                                     attempts=result.attempts, others_cpu=result.others_cpu, key=key.key)
 
 
 def _model_key(key: str, resolution: int, backend: str, threads: int) -> CacheKey:
@@ -63,7 +64,8 @@ def measure(model: nn.Module, resolution: int = 224, backend: str = backends.DEF
 
     `threads` defaults to all cores. With a `cache` (a LatencyCache or a path), `key` names the
     model (use `arch.hash`): a hit returns without exporting anything; `refresh` re-measures.
-    The model is exported/compiled first; only the timing holds `nas.machine_lock.measuring()`.
+    The model is exported/compiled first, holding the machine lock shared (like training: other
+    processes don't time meanwhile); then only the timing holds `measuring()` (exclusive).
     """
     backends.check_backend(backend)
     threads = backends.check_threads(threads)
@@ -76,7 +78,9 @@ def measure(model: nn.Module, resolution: int = 224, backend: str = backends.DEF
         hit = store.get(cache_key)
         if hit is not None:
             return hit
-    with backends.model_runner(backend, model, resolution, threads) as step:
+    with ExitStack() as stack:
+        with training():  # export/compile load the cores too: other processes' timing waits
+            step = stack.enter_context(backends.model_runner(backend, model, resolution, threads))
         stats = _time(step, settings, cache_key)
     if store is not None:
         store.put(stats)
@@ -118,7 +122,9 @@ def measure_ir(path: str | Path, backend: str = backends.DEFAULT_BACKEND, thread
         hit = store.get(cache_key)
         if hit is not None:
             return hit
-    with backends.ir_runner(backend, path, threads, resolution) as (step, res):
+    with ExitStack() as stack:
+        with training():
+            step, res = stack.enter_context(backends.ir_runner(backend, path, threads, resolution))
         if store is not None:
             key = key or file_key(path)
         stats = _time(step, settings, CacheKey(key or "", backend, device, res, threads, version))

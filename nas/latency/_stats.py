@@ -107,15 +107,17 @@ class LatencyStats:
     samples: int
     unsteady: bool
     attempts: int = 1
+    others_cpu: float | None = None  # mean cores other processes used while we timed (~0 = quiet)
     key: str = ""
     measured_at: float = 0.0  # unix time
 
     @classmethod
     def from_summary(cls, summary: PassSummary, *, backend: str, runtime_version: str, device: str,
-                     threads: int, resolution: int, attempts: int = 1, key: str = "") -> LatencyStats:
+                     threads: int, resolution: int, attempts: int = 1, others_cpu: float | None = None,
+                     key: str = "") -> LatencyStats:
         return cls(backend=backend, runtime_version=runtime_version, device=device, threads=threads,
-                   resolution=resolution, attempts=attempts, key=key, measured_at=time.time(),
-                   **asdict(summary))
+                   resolution=resolution, attempts=attempts, others_cpu=others_cpu, key=key,
+                   measured_at=time.time(), **asdict(summary))
 
     @property
     def ms(self) -> float:
@@ -145,7 +147,8 @@ class LatencyStats:
     def summary(self) -> str:
         """One human-readable line."""
         flag = "  [UNSTEADY]" if self.unsteady else ""
+        others = "" if self.others_cpu is None else f", other processes used {self.others_cpu:.1f} cores"
         return (f"{self.estimate_ms:.3f} ms  (median {self.median_ms:.3f}, p90 {self.p90_ms:.3f}, "
                 f"IQR {self.iqr_ms:.3f}, CV {100 * self.cv:.1f}%, pass CV {100 * self.pass_cv:.1f}%, "
                 f"{self.samples} samples in {len(self.pass_medians_ms)} passes, "
-                f"{self.attempts} attempt(s)){flag}")
+                f"{self.attempts} attempt(s){others}){flag}")

@@ -5,6 +5,7 @@ Runtime-agnostic: a backend supplies `step()`, which runs one inference and retu
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from nas.latency._stats import PassSummary, pass_cv, summarize
 
 Step = Callable[[], float]
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat time unit
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,56 @@ def run_pass(step: Step, settings: MeasureSettings) -> list[float]:
             return times
 
 
-def sample(step: Step, settings: MeasureSettings) -> tuple[PassSummary, int]:
+def cpu_clock() -> tuple[float, float, float] | None:
+    """(machine-wide busy CPU seconds incl. hypervisor steal, this process's CPU seconds, wall)."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+    except OSError:  # not Linux
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    own = os.times()
+    return ((user + nice + system + irq + softirq + steal) / _TICKS, own.user + own.system,
+            time.perf_counter())
+
+
+
+def others_cores(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
+    """Mean CPU cores used by everything but this process between two `cpu_clock()` readings.
+
+    Steadiness cannot see a slow period that lasts the whole measurement; this can: on a quiet
+    machine it is ~0, with one busy neighbour ~1. (10 ms tick resolution: read over >= ~0.5 s.)
+    """
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
+
+
+@dataclass(frozen=True)
+class Sampled:
+    summary: PassSummary
+    attempts: int
+    others_cpu: float | None  # cores busy with other work while the kept attempt ran
+
+
+def sample(step: Step, settings: MeasureSettings) -> Sampled:
     """Warm up, time `settings.passes` passes; while unsteady, re-measure (bounded).
 
     Each attempt is a fresh set of passes; the steadiest attempt (lowest CV of pass medians) is
-    kept, still flagged unsteady when even that one exceeds the threshold. Returns (summary,
-    attempts made).
+    kept, still flagged unsteady when even that one exceeds the threshold.
     """
     warm_up(step, settings)
     best: list[list[float]] | None = None
     best_cv = float("inf")
+    best_others: float | None = None
     attempts = 0
     while attempts <= settings.max_retries and best_cv > settings.unsteady_cv:
         attempts += 1
+        before = cpu_clock()
         passes = [run_pass(step, settings) for _ in range(settings.passes)]
+        others = others_cores(before, cpu_clock())
         spread = pass_cv(passes)
         if spread < best_cv:
-            best, best_cv = passes, spread
+            best, best_cv, best_others = passes, spread, others
     assert best is not None
-    return summarize(best, settings.unsteady_cv), attempts
+    return Sampled(summarize(best, settings.unsteady_cv), attempts, best_others)
