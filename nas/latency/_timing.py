@@ -78,13 +78,12 @@ def cpu_clock() -> tuple[float, float, float] | None:
             time.perf_counter())
 
 
-
 def others_cores(start: tuple[float, float, float] | None, end: tuple[float, float, float] | None) -> float | None:
     """Mean CPU cores used by everything but this process between two `cpu_clock()` readings.
 
-    Steadiness cannot see a slow period that lasts the whole measurement; this can: on a quiet
-    machine it is ~0, with one busy neighbour ~1. (10 ms tick resolution: read over >= ~0.5 s.)
-    """
+    Steadiness cannot see a slow period that lasts the whole measurement; this sees one caused by
+    other processes here (~0 when quiet, ~1 with one busy neighbour) or by hypervisor steal, not
+    one caused by other VMs on SMT siblings or shared caches. 10 ms ticks: read over >= ~0.5 s."""
     if start is None or end is None or end[2] <= start[2]:
         return None
     return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
