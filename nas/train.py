@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from nas import machine_lock
 from nas.data import ImageDataset, Splits, batches
+from nas.threads import torch_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,22 +56,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    """Set torch's intra-op threads for the run and restore the previous value afterwards."""
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_proxy(
     model: nn.Module,
     splits: Splits,
@@ -105,7 +89,7 @@ def train_proxy(
                          f"{distill_alpha}, {distill_temperature}")
     distill = _Distill(teacher.eval(), distill_alpha, distill_temperature) if teacher is not None else None
     start = time.perf_counter()
-    with _threads(threads):
+    with torch_threads(threads):
         seed_everything(seed)
         steps_per_epoch = _steps_per_epoch(len(splits.train), batch_size)
         optimizer = _make_optimizer(model, lr, weight_decay)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nas.errors import BackendUnavailable, UserError
+from nas.threads import torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -201,17 +202,6 @@ def _torch_step(model: nn.Module, data: torch.Tensor, sync: Callable[[], None] |
     return step
 
 
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    torch = _torch()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # --- entry points ------------------------------------------------------------------------------
 
 def _check_shape(path: Path, shape: list[Any], resolution: int | None) -> None:
@@ -243,10 +233,10 @@ def model_runner(backend: str, model: nn.Module, resolution: int, threads: int) 
                 step, _ = _ort_step(onnx_path, threads, resolution)
             yield step  # the session holds the graph in memory; the file is no longer needed
         elif backend == "torch":
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 yield _torch_step(model, example_input(resolution), None)
         else:  # cuda: a copy, so the caller's model stays where it was
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 gpu_model = copy.deepcopy(model).to("cuda").eval()
                 yield _torch_step(gpu_model, example_input(resolution).to("cuda"), torch.cuda.synchronize)
     finally:

@@ -8,24 +8,13 @@ FlopCounterMode, which sees matmuls inside attention that module-hook counters (
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
 from nas.export import example_input
-
-
-@contextmanager
-def _threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+from nas.threads import torch_threads
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -46,7 +35,7 @@ def gemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5, backend: str
     b = rng.standard_normal((n, n), dtype=np.float32)
     if backend == "torch":
         ta, tb, out = torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, n)
-        with _threads(threads):
+        with torch_threads(threads):
             seconds = _best_seconds(lambda: torch.mm(ta, tb, out=out), repeats)
     elif backend == "openvino":
         import openvino as ov
@@ -68,7 +57,7 @@ def copy_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 5) -> 
     """Best memory bandwidth (GB/s, read + write) of a large tensor copy at `threads`."""
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
-    with _threads(threads):
+    with torch_threads(threads):
         seconds = _best_seconds(lambda: dst.copy_(src), repeats)
     return 2 * src.numel() * 4 / seconds / 1e9
 
