@@ -13,20 +13,14 @@ import torch
 from torch import nn
 
 from nas.data import ImageDataset
-from nas.latency import default_threads, openvino_config
+from nas.latency import DEFAULT_PRECISION, compile_openvino, default_threads
 
 
-def compile_openvino(model: Any, threads: int | None = None) -> Any:
-    """Compile an openvino.Model or an .xml/.onnx path with the latency settings used for timing."""
-    import openvino as ov
-
-    core = ov.Core()
-    source = core.read_model(str(model)) if isinstance(model, str | Path) else model
-    return core.compile_model(source, "CPU", openvino_config(threads or default_threads()))
-
-
-def openvino_logits(model: Any, images: torch.Tensor, threads: int | None = None) -> np.ndarray:
-    compiled = compile_openvino(model, threads)
+def openvino_logits(model: Any, images: torch.Tensor, threads: int | None = None,
+                    precision: str = DEFAULT_PRECISION) -> np.ndarray:
+    """Logits of an openvino.Model or .xml/.onnx path at `precision` (fp32 pinned by default; an
+    INT8 model's float ops then run in f32 too)."""
+    compiled = compile_openvino(model, threads, precision)
     request = compiled.create_infer_request()
     out = []
     for image in images:

@@ -21,6 +21,7 @@ from torch import nn
 
 from nas.data import Splits, load_dataset
 from nas.errors import UserError
+from nas.latency import PRECISIONS
 from nas.runs import Winner, atomic_write, get_winner, read_config, resolve_run
 
 DEFAULT_TARGET_RESOLUTION = 224
@@ -31,6 +32,7 @@ class Target:
     run_dir: Path
     winner: Winner
     config: dict[str, Any]
+    precision_override: str | None = None  # --precision; else the run's
 
     @property
     def out_dir(self) -> Path:
@@ -65,6 +67,11 @@ class Target:
         return str(self.config.get("backend") or "openvino")
 
     @property
+    def precision(self) -> str:
+        """The precision latencies are measured at: --precision, else the search's (fp32 by default)."""
+        return str(self.precision_override or self.config.get("precision") or "fp32")
+
+    @property
     def threads(self) -> int | None:
         threads = self.config.get("threads")
         return int(threads) if threads else None
@@ -79,14 +86,19 @@ class Target:
         return self.pruned_path().is_file()
 
 
-def load_target(run: str | Path | None, rank: int | None) -> Target:
-    """Resolve --run/--winner to a Target; UserError (one line, exit 2) when either is missing."""
+def load_target(run: str | Path | None, rank: int | None, precision: str | None = None) -> Target:
+    """Resolve --run/--winner to a Target; UserError (one line, exit 2) when either is missing or the
+    precision cannot run on OpenVINO here."""
+    from nas.latency import check_precision
+
     run_dir = resolve_run(run)
     try:
         config = read_config(run_dir) or {}
     except Exception as exc:  # a corrupt config is the user's file, not our bug
         raise UserError(f"{run_dir}/config.yaml: cannot read ({exc})") from None
-    return Target(run_dir, get_winner(run_dir, rank), config)
+    target = Target(run_dir, get_winner(run_dir, rank), config, precision)
+    check_precision(target.precision, "openvino")
+    return target
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,6 +110,9 @@ def load_splits(source: str | None, resolution: int, limit: int | None = None) -
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run directory or name under results/ (default: the latest run)")
     parser.add_argument("--winner", type=int, default=None, help="winner rank (default: the best, rank 0/1)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision latencies are measured at (default: the search run's, fp32 if unset); "
+                             "the report also times the float IRs at fp32 and, where the CPU has it, bf16")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
 
 

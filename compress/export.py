@@ -8,6 +8,10 @@ resolution (max abs logit difference and top-1 agreement with PyTorch; INT8 agai
 was quantized from) and timed with nas.latency on the run's threads: IRs on OpenVINO, ONNX files on
 ONNX Runtime, interleaved over a few rounds so a slow spell of the machine hits all of them alike.
 
+Precision is pinned, never the runtime's default: float IRs run at fp32 and, where the CPU has it,
+again at bf16 (OpenVINO's default on AVX-512 BF16 / AMX CPUs), plus the run's --precision if it is
+fp16; the INT8 IR runs at int8 (its float ops in f32). So the report gives INT8 against both.
+
 INT8 has no ONNX file: NNCF quantized the OpenVINO model (FakeQuantize ops), and OpenVINO has no
 IR -> ONNX writer. A QDQ ONNX would be a second, different quantization (ORT's quantizer or NNCF's
 torch backend), so its numbers would not describe the INT8 IR reported here.
@@ -36,7 +40,19 @@ from compress._target import (
 )
 from nas.errors import run_cli
 from nas.export import convert_openvino, export_onnx, save_openvino
-from nas.latency import LatencyStats, MeasureSettings, measure_ir
+from nas.latency import LatencyStats, MeasureSettings, measure_ir, supported_precisions
+
+
+def float_precisions(target: Target) -> list[str]:
+    """fp32, bf16 where OpenVINO runs it here, and the run's own precision when it is another float one."""
+    here = supported_precisions("openvino")
+    wanted = ["fp32", "bf16", target.precision]
+    return [p for p in dict.fromkeys(wanted) if p in here and p != "int8"]
+
+
+def run_label(kind: str, precision: str) -> str:
+    """'xml' for the precision a file is deployed at (fp32 float, int8 quantized), else 'xml@bf16'."""
+    return kind if precision in ("fp32", "int8") else f"{kind}@{precision}"
 
 
 def export_files(model: nn.Module, directory: Path, name: str, resolution: int) -> dict[str, Path]:
@@ -46,23 +62,24 @@ def export_files(model: nn.Module, directory: Path, name: str, resolution: int) 
     return {"xml": xml, "onnx": onnx}
 
 
-def time_files(paths: dict[str, Path], threads: int | None, rounds: int = 2,
+def time_files(paths: dict[str, tuple[Path, str]], threads: int | None, rounds: int = 2,
                settings: MeasureSettings | None = None) -> dict[str, LatencyStats]:
-    """Best (lowest-estimate) measurement per file over interleaved rounds; .onnx on ONNX Runtime."""
+    """Best (lowest-estimate) measurement per (file, precision) over interleaved rounds; .onnx on ONNX Runtime."""
     best: dict[str, LatencyStats] = {}
     for _ in range(rounds):
-        for label, path in paths.items():
+        for label, (path, precision) in paths.items():
             backend = "onnxruntime" if path.suffix == ".onnx" else "openvino"
-            stats = measure_ir(path, backend, threads, settings=settings)
+            stats = measure_ir(path, backend, threads, precision=precision, settings=settings)
             if label not in best or stats.estimate_ms < best[label].estimate_ms:
                 best[label] = stats
     return best
 
 
 def _latency_record(stats: LatencyStats) -> dict[str, Any]:
-    return {"backend": stats.backend, "estimate_ms": stats.estimate_ms, "median_ms": stats.median_ms,
-            "cv": stats.cv, "pass_cv": stats.pass_cv, "unsteady": stats.unsteady, "threads": stats.threads,
-            "runtime_version": stats.runtime_version}
+    return {"backend": stats.backend, "precision": stats.precision, "estimate_ms": stats.estimate_ms,
+            "median_ms": stats.median_ms, "cv": stats.cv, "pass_cv": stats.pass_cv, "unsteady": stats.unsteady,
+            "threads": stats.threads, "runtime_version": stats.runtime_version, "machine": stats.machine,
+            "others_cpu": stats.others_cpu}
 
 
 def _variants(target: Target) -> dict[str, tuple[nn.Module, Path | None]]:
@@ -82,12 +99,14 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
                   settings: MeasureSettings | None = None, quiet: bool = False) -> dict[str, Any]:
     """Export, verify and time every variant of a winner; write export/metrics.json and the report."""
     from compress.report import write_report
+    from nas.latency import describe_machine
 
     resolution = target.target_resolution
     images, labels = validation_batch(load_splits(target.data, resolution).val, val_limit)
     out = target.export_dir
     results: dict[str, Any] = {}
-    files: dict[str, Path] = {}
+    files: dict[str, tuple[Path, str]] = {}
+    floats = float_precisions(target)
     for name, (model, int8_ir) in _variants(target).items():
         if not quiet:
             print(f"exporting and verifying {name} ...", file=sys.stderr)
@@ -101,12 +120,16 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
         reference = torch_logits(model, images)
         record: dict[str, Any] = {"torch_accuracy": top1(reference, labels), "params": count_params(model),
                                   "macs": count_macs(model, resolution), "files": {}}
-        for kind, path in paths.items():
-            logits = (openvino_logits(path, images, target.threads) if kind == "xml"
+        runs = ([("xml", "int8")] if int8_ir is not None
+                else [("xml", p) for p in floats] + [("onnx", "fp32")])
+        for kind, precision in runs:
+            path = paths[kind]
+            logits = (openvino_logits(path, images, target.threads, precision) if kind == "xml"
                       else onnx_logits(path, images, target.threads))
-            record["files"][kind] = {"path": str(path), "bytes": size_on_disk(path),
-                                     "accuracy": top1(logits, labels), **compare(reference, logits)}
-            files[f"{name}.{kind}"] = path
+            label = run_label(kind, precision)
+            record["files"][label] = {"path": str(path), "bytes": size_on_disk(path), "precision": precision,
+                                      "accuracy": top1(logits, labels), **compare(reference, logits)}
+            files[f"{name}.{label}"] = (path, precision)
         results[name] = record
     if not quiet:
         print(f"timing {len(files)} files ({rounds} interleaved rounds) ...", file=sys.stderr)
@@ -114,6 +137,7 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
         name, kind = label.split(".")
         results[name]["files"][kind]["latency"] = _latency_record(stats)
     metrics = {"resolution": resolution, "validation_images": len(labels), "variants": results,
+               "precisions": floats + ["int8"], "machine": describe_machine(),
                "int8_onnx": "skipped: NNCF quantized the OpenVINO model; there is no IR -> ONNX writer, and a "
                             "separately quantized QDQ ONNX would not describe this INT8 model"}
     write_json(out / "metrics.json", metrics)
@@ -133,11 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    target = load_target(args.run, args.winner)
+    target = load_target(args.run, args.winner, args.precision)
     metrics = export_target(target, val_limit=args.val_limit, rounds=args.rounds, quiet=args.quiet)
     for name, record in metrics["variants"].items():
         for kind, info in record["files"].items():
-            print(f"{name:7s} {kind:4s} top-1 {100 * info['accuracy']:6.2f}%  agreement "
+            print(f"{name:7s} {kind:8s} top-1 {100 * info['accuracy']:6.2f}%  agreement "
                   f"{100 * info['top1_agreement']:6.2f}%  max|diff| {info['max_abs_diff']:.2e}  "
                   f"{info['latency']['estimate_ms']:.3f} ms ({info['latency']['backend']})  {info['path']}")
     print(f"report: {target.run_dir / 'compress' / 'report.md'}")

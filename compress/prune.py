@@ -144,7 +144,7 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     resolution = target.target_resolution
 
     def latency(m: nn.Module) -> float:
-        stats = measure(m, resolution, target.backend, target.threads, settings=settings)
+        stats = measure(m, resolution, target.backend, target.threads, precision=target.precision, settings=settings)
         if not quiet:
             print(f"  {count_params(m) / 1e3:.1f} k params: {stats.summary()}", file=sys.stderr)
         return stats.ms
@@ -172,6 +172,7 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
         "reached_target": None if target_ms is None else after["latency_ms"] <= target_ms,
         "fine_tune_epochs": epochs, "distill": distill, "proxy_resolution": target.proxy_resolution,
         "latency_resolution": resolution, "backend": target.backend, "threads": target.threads,
+        "precision": target.precision,
         "before": before, "pruned_before_fine_tune_accuracy": pruned_accuracy, "after": after,
         "history": [asdict(h) for h in history], "model": str(target.pruned_path()),
         "note": "accuracy: PyTorch on the validation split at the proxy resolution; MACs/latency at the target",
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--ratio must be in (0, 0.9], got {args.ratio}")
     if args.epochs < 0:
         raise UserError(f"--epochs must be >= 0, got {args.epochs}")
-    target = load_target(args.run, args.winner)
+    target = load_target(args.run, args.winner, args.precision)
     metrics = prune_target(target, ratio=args.ratio, target_ms=args.target_ms, epochs=args.epochs,
                            distill=args.distill, quiet=args.quiet)
     b, a = metrics["before"], metrics["after"]

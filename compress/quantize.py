@@ -14,8 +14,6 @@ are refreshed, verified and timed (compress.export) and the report rewritten.
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,18 +28,8 @@ from compress._target import Target, add_target_arguments, load_module, load_spl
 from nas.data import ImageDataset, calibration_subset
 from nas.errors import run_cli
 from nas.export import convert_openvino, save_openvino
-
-# Ops left in float (design.md, seeds-brief 3.4 / 4.7): the LiteMLA core multiplies activations by
-# activations (k^T v sums over all N tokens, so its range is wide and resolution-dependent) and
-# divides two activations; the CageViT selection (TopK, gathers, scatters) moves indices, not
-# values, and ties flip under INT8; its softmaxes are probability maps a coarse grid flattens.
-# The convs and Linears, where the MACs are, are quantized. `keep_float=False` measures the cost.
-KEEP_FLOAT_TYPES = ["Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate",
-                    "ScatterUpdate", "ScatterNDUpdate"]
-# The CageViT CAM guide decides which tokens are selected; INT8 noise in its scores flips the TopK
-# order (seeds-brief 3.3), so the whole guide (its 1x1 conv included) stays float.
-GUIDE_PATTERN = re.compile(r".*\.guide[/.].*")
-_PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
+from nas.latency import count_fake_quantize
+from nas.quantization import quantize_options
 
 
 @dataclass
@@ -68,45 +56,12 @@ class QuantizeResult:
         return data
 
 
-def _is_constant(node: Any) -> bool:
-    kind = node.get_type_name()
-    if kind == "Constant":
-        return True
-    return kind in _PASS_THROUGH and all(_is_constant(i.get_source_output().get_node()) for i in node.inputs())
-
-
-def activation_matmuls(ov_model: Any) -> list[str]:
-    """Names of MatMuls whose two inputs are both activations (a Linear's MatMul has a constant)."""
-    return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-            if op.get_type_name() == "MatMul"
-            and not any(_is_constant(i.get_source_output().get_node()) for i in op.inputs())]
-
-
-def keep_float_scope(ov_model: Any) -> tuple[Any, list[str]]:
-    """The IgnoredScope for the ops above, and the names of the ops it matches in this model."""
-    import nncf
-
-    names = activation_matmuls(ov_model)
-    matched = names + [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-                       if op.get_type_name() in KEEP_FLOAT_TYPES]
-    # validate=False: a pure-conv model has none of these types, which is fine, not an error.
-    guide = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-             if GUIDE_PATTERN.match(op.get_friendly_name()) and op.get_type_name() != "Constant"]
-    return (nncf.IgnoredScope(names=names, types=list(KEEP_FLOAT_TYPES), patterns=[GUIDE_PATTERN.pattern],
-                              validate=False), matched + guide)
-
-
-def count_fake_quantize(ov_model: Any) -> int:
-    return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
-
-
 def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: ImageDataset, *,
                    max_drop: float = 0.5, keep_float: bool = True, threads: int | None = None,
                    val_limit: int | None = None) -> QuantizeResult:
     """INT8 OpenVINO model of `model` at the resolution of `validation` (which must match `calibration`)."""
     import nncf
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every op it skips
     start = time.perf_counter()
     resolution = validation.resolution
     if calibration.shape[-1] != resolution:
@@ -114,9 +69,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     fp32 = convert_openvino(model, resolution)
     images, labels = validation_batch(validation, val_limit)
     fp32_accuracy = top1(openvino_logits(fp32, images, threads), labels)
-    scope, ignored = keep_float_scope(fp32) if keep_float else (None, [])
+    options, ignored = quantize_options(fp32, len(calibration), keep_float)
     calibration_set = nncf.Dataset([image[None].numpy() for image in calibration])
-    options = dict(model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope, subset_size=len(calibration))
     int8 = nncf.quantize(fp32, calibration_set, **options)
     int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
     method = "quantize"
@@ -181,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    target = load_target(args.run, args.winner)
+    target = load_target(args.run, args.winner, args.precision)
     metrics = quantize_target(target, max_drop=args.max_drop, calibration=args.calibration,
                               keep_float=not args.quantize_all, use_pruned=not args.fp32, val_limit=args.val_limit,
                               quiet=args.quiet)

@@ -1,7 +1,9 @@
 """The compression report of a run: <run>/compress/report.json and report.md, one entry per winner.
 
 Built only from the metrics files the other commands wrote, so it can be rewritten at any time.
-Accuracy and latency per variant are those of its OpenVINO IR at the target resolution.
+Accuracy and latency per variant are those of its OpenVINO IR at the target resolution, one row per
+precision it ran at: `fp32` (pinned f32), `fp32 @bf16` (the same IR with OpenVINO's bf16 hint, where
+the CPU has it), `pruned`, `int8`. Speed-ups compare INT8 with both fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -23,17 +25,22 @@ def winner_entry(directory: Path) -> dict[str, Any]:
         record = export["variants"].get(name)
         if record is None:
             continue
-        ir = record["files"]["xml"]
-        latency = ir.get("latency", {})
         onnx = record["files"].get("onnx", {})
-        rows[name] = {
-            "accuracy": ir["accuracy"], "latency_ms": latency.get("estimate_ms"),
-            "latency_median_ms": latency.get("median_ms"), "latency_cv": latency.get("cv"),
-            "onnx_latency_ms": onnx.get("latency", {}).get("estimate_ms"), "ir_bytes": ir["bytes"],
-            "onnx_bytes": onnx.get("bytes"), "macs": record["macs"], "params": record["params"],
-            "max_abs_diff": ir["max_abs_diff"], "top1_agreement": ir["top1_agreement"],
-        }
+        for label, ir in record["files"].items():
+            if not label.startswith("xml"):
+                continue
+            latency = ir.get("latency", {})
+            row_name = name if label == "xml" else f"{name} @{label.split('@', 1)[1]}"
+            rows[row_name] = {
+                "precision": ir.get("precision", "fp32"), "accuracy": ir["accuracy"],
+                "latency_ms": latency.get("estimate_ms"), "latency_median_ms": latency.get("median_ms"),
+                "latency_cv": latency.get("cv"),
+                "onnx_latency_ms": onnx.get("latency", {}).get("estimate_ms") if label == "xml" else None,
+                "ir_bytes": ir["bytes"], "onnx_bytes": onnx.get("bytes"), "macs": record["macs"],
+                "params": record["params"], "max_abs_diff": ir["max_abs_diff"], "top1_agreement": ir["top1_agreement"],
+            }
     return {"resolution": export.get("resolution"), "validation_images": export.get("validation_images"),
+            "machine": export.get("machine"), "precisions": export.get("precisions"),
             "variants": rows, "speedups": _speedups(rows), "prune": read_json(directory / "pruned" / "metrics.json"),
             "quantize": read_json(directory / "int8" / "metrics.json")}
 
@@ -41,7 +48,9 @@ def winner_entry(directory: Path) -> dict[str, Any]:
 def _speedups(rows: dict[str, Any]) -> dict[str, float]:
     """Latency ratios (baseline / variant, > 1 is faster) between the variants present."""
     out = {}
-    for base, other in (("fp32", "pruned"), ("fp32", "int8"), ("pruned", "int8")):
+    pairs = [("fp32", "pruned"), ("fp32", "int8"), ("pruned", "int8"), ("fp32", "fp32 @bf16"),
+             ("fp32 @bf16", "int8"), ("pruned @bf16", "int8"), ("fp32", "fp32 @fp16"), ("fp32 @fp16", "int8")]
+    for base, other in pairs:
         a, b = rows.get(base, {}).get("latency_ms"), rows.get(other, {}).get("latency_ms")
         if a and b:
             out[f"{base}/{other}"] = a / b
@@ -51,8 +60,10 @@ def _speedups(rows: dict[str, Any]) -> dict[str, float]:
 def write_report(target: Target) -> Path:
     root = target.run_dir / "compress"
     entries = {d.name: winner_entry(d) for d in sorted(root.iterdir()) if d.is_dir() and (d / "export").is_dir()}
+    from nas.latency import describe_machine
+
     report = {"run": str(target.run_dir), "backend": "openvino (IR) / onnxruntime (ONNX)",
-              "threads": target.threads, "winners": entries}
+              "threads": target.threads, "machine": describe_machine(), "winners": entries}
     write_json(root / "report.json", report)
     atomic_write(root / "report.md", render_markdown(report))
     return root / "report.md"
@@ -63,17 +74,24 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    from nas.latency import machine_line
+
     lines = [f"# Compression report: {report['run']}", ""]
+    if report.get("machine"):
+        lines += [f"Measured on {machine_line(report['machine'])}.", ""]
     for name, entry in report["winners"].items():
         lines += [f"## {name}", "",
                   f"OpenVINO IR at {entry['resolution']} px, {entry['validation_images']} validation images, "
-                  f"threads {report['threads'] or 'all'}; latency = min of pass medians (median, CV alongside).", "",
-                  "| variant | top-1 % | latency ms | median ms | CV % | ONNX RT ms | IR MB | MMACs | params k |"
-                  " max abs diff | top-1 agree % |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"threads {report['threads'] or 'all'}; latency = min of pass medians (median, CV alongside). "
+                  "Precision is pinned per row: `fp32` runs the FP32 IR with OpenVINO's hint f32, `@bf16` the same "
+                  "IR with hint bf16, `int8` the NNCF IR with its float ops in f32.", "",
+                  "| variant | precision | top-1 % | latency ms | median ms | CV % | ONNX RT ms | IR MB | MMACs "
+                  "| params k | max abs diff | top-1 agree % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for variant, row in entry["variants"].items():
             lines.append(
-                f"| {variant} | {_fmt(row['accuracy'], '.2f', 100)} | {_fmt(row['latency_ms'], '.3f')} | "
+                f"| {variant} | {row.get('precision', 'fp32')} | "
+                f"{_fmt(row['accuracy'], '.2f', 100)} | {_fmt(row['latency_ms'], '.3f')} | "
                 f"{_fmt(row['latency_median_ms'], '.3f')} | {_fmt(row['latency_cv'], '.1f', 100)} | "
                 f"{_fmt(row['onnx_latency_ms'], '.3f')} | {_fmt(row['ir_bytes'], '.2f', 1e-6)} | "
                 f"{_fmt(row['macs'], '.1f', 1e-6)} | {_fmt(row['params'], '.1f', 1e-3)} | "

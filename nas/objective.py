@@ -46,6 +46,7 @@ class TrialSettings:
     checkpoints: Path
     latency_settings: MeasureSettings | None = None
     trials: int | None = None  # completed trials wanted across all workers: a surplus trial is pruned
+    precision: str = "fp32"  # the inference precision candidates are timed at
 
 
 class Objective:
@@ -63,12 +64,12 @@ class Objective:
         faults.point("latency")
         faults.point("export")
         model = model if model is not None else build_model(arch)
-        stats = measure(model, s.target_resolution, s.backend, s.threads, cache=self.cache, key=arch.hash,
-                        settings=s.latency_settings)
+        stats = measure(model, s.target_resolution, s.backend, s.threads, precision=s.precision, cache=self.cache,
+                        key=arch.hash, settings=s.latency_settings)
         if abs(stats.ms - s.budget_ms) <= NEAR_BUDGET * s.budget_ms and stats.attempts < 2:
             # Near the line, one noisy pass decides feasibility: take the better of two measurements.
-            again = measure(model, s.target_resolution, s.backend, s.threads, cache=self.cache, key=arch.hash,
-                            settings=s.latency_settings, refresh=True)
+            again = measure(model, s.target_resolution, s.backend, s.threads, precision=s.precision,
+                            cache=self.cache, key=arch.hash, settings=s.latency_settings, refresh=True)
             stats = min(stats, again, key=lambda x: x.ms)
             self.cache.put(stats)
         return stats

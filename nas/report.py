@@ -22,7 +22,7 @@ from nas.errors import UserError, run_cli
 from nas.runs import atomic_write, read_config, resolve_run, save_winner
 
 CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
-               "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "params_m", "seconds",
+               "precision", "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "params_m", "seconds",
                "fail_reason")
 
 
@@ -57,6 +57,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "architecture": describe(attrs["arch"]) if "arch" in attrs else "",
         "accuracy": round(trial.values[0], 4) if done and attrs.get("trained") else "",
         "latency_ms": round(attrs["latency_ms"], 3) if "latency_ms" in attrs else "",
+        "precision": latency.get("precision", ""),
         "latency_cv": round(latency.get("cv", 0.0), 4) if latency else "",
         "feasible": is_feasible(trial) if done else "",
         "trained": bool(attrs.get("trained")),
@@ -135,7 +136,18 @@ def pareto_html(path: Path, study: optuna.Study) -> None:
     atomic_write(path, figure.to_html(include_plotlyjs=True, full_html=True))
 
 
-def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int, FrozenTrial]]) -> str:
+def run_machine(run_dir: Path) -> str:
+    """The machine a run measured on, one line, from its environment.json."""
+    from nas.latency import machine_line
+
+    try:
+        return machine_line(json.loads((run_dir / "environment.json").read_text())["machine"])
+    except (KeyError, OSError, ValueError, TypeError):
+        return "an unrecorded machine (no environment.json)"
+
+
+def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int, FrozenTrial]],
+               machine: str = "") -> str:
     from nas.objective import describe
 
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -143,8 +155,9 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
     lines = [
         f"# Search summary: budget {config['budget_ms']:g} ms",
         "",
-        f"- backend {config['backend']}, {config['threads']} threads, latency at {config['target_resolution']}px; "
-        f"proxy training {config['epochs']} epochs at {config['proxy_resolution']}px on "
+        f"- latency: {config['backend']} at {config.get('precision', 'fp32')}, {config['threads']} threads, "
+        f"{config['target_resolution']}px, on {machine or 'an unrecorded machine'}",
+        f"- proxy training {config['epochs']} epochs at {config['proxy_resolution']}px on "
         f"{config['data'] or 'mnist'} ({config['num_classes']} classes); sampler {config['sampler']}, seed "
         f"{config['seed']}",
         f"- trials: {len(trials)} ({', '.join(f'{k.lower()} {v}' for k, v in states.items() if v)}); "
@@ -233,7 +246,7 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     (run_dir / ".pareto.png.tmp.png").replace(run_dir / "pareto.png")
     pareto_html(run_dir / "pareto.html", study)
     winners = export_winners(run_dir, front)
-    atomic_write(run_dir / "summary.md", summary_md(config, trials, winners))
+    atomic_write(run_dir / "summary.md", summary_md(config, trials, winners, run_machine(run_dir)))
     atomic_write(run_dir / "front.json", json.dumps(
         [{"rank": r, "trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
           "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners], indent=2))

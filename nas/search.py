@@ -34,11 +34,11 @@ with warnings.catch_warnings():
     RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
 # Settings that define a study; resuming with different ones would mix incomparable trials.
 IDENTITY_KEYS = ("budget_ms", "space_file", "space", "data", "proxy_resolution", "target_resolution",
-                 "backend", "threads", "epochs", "seed", "sampler", "limit")
+                 "backend", "precision", "threads", "epochs", "seed", "sampler", "limit", "machine")
 
 
 def build_parser() -> Parser:
-    from nas.latency import BACKENDS, DEFAULT_BACKEND
+    from nas.latency import BACKENDS, DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
 
     p = Parser(prog="python -m nas.search", description=__doc__)
     p.add_argument("--budget-ms", type=positive_float, default=5.0, help="latency budget in ms (default 5)")
@@ -50,6 +50,9 @@ def build_parser() -> Parser:
     p.add_argument("--data", default=None, help="mnist (default, bundled), digits, or a CIFAR-10/ImageFolder dir")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="latency runtime")
+    p.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                   help=f"inference precision candidates are timed at (default {DEFAULT_PRECISION}, pinned in the "
+                        "runtime; int8 quantizes each candidate with NNCF before timing)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for timing and training")
     p.add_argument("--epochs", type=positive_int, default=3, help="proxy training epochs (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -77,6 +80,8 @@ def run_directory(args: Any, space_name: str) -> Path:
 
 
 def resolved_config(args: Any, space_file: Path, space: Any, threads: int, num_classes: int) -> dict[str, Any]:
+    from nas.latency import machine_id
+
     return {
         "budget_ms": args.budget_ms,
         "space_file": str(space_file),
@@ -87,6 +92,8 @@ def resolved_config(args: Any, space_file: Path, space: Any, threads: int, num_c
         "proxy_resolution": space.resolution.proxy,
         "target_resolution": space.resolution.target,
         "backend": args.backend,
+        "precision": args.precision,
+        "machine": machine_id(),
         "threads": threads,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -106,18 +113,39 @@ def check_resume(run_dir: Path, config: dict[str, Any]) -> None:
     previous = yaml.safe_load(path.read_text()) or {}
     for key in IDENTITY_KEYS:
         if key in previous and previous[key] != config[key]:
+            if key == "machine":
+                from nas.report import run_machine
+
+                raise UserError(f"{path}: this run's latencies were measured on another machine "
+                                f"({run_machine(run_dir)}); latencies of different machines are not comparable: "
+                                "pass a new --run here")
             shown = "<changed>" if key == "space" else f"{previous[key]!r} -> {config[key]!r}"
             raise UserError(f"{path}: {key} differs from the run being resumed ({shown}); "
                             "pass a new --run to start another search")
 
 
-def environment(threads: int, backend: str) -> dict[str, Any]:
+def check_machine(study: optuna.Study) -> None:
+    """One machine per study: a worker on a machine described differently (CPU, ISA, OpenVINO
+    capabilities) would put latencies of another clock into the same front. The first worker
+    records its description in the study, which every storage (SQLite, journal, PostgreSQL) shares."""
+    from nas.latency import describe_machine, machine_line
+
+    mine = describe_machine()
+    recorded = study.user_attrs.get("machine")
+    if recorded is None:
+        study.set_user_attr("machine", mine)
+    elif recorded.get("fingerprint") != mine["fingerprint"]:
+        raise UserError(f"study {study.study_name!r}: its latencies come from {machine_line(recorded)}, this worker "
+                        f"runs on {machine_line(mine)}; latencies of different machines cannot share one front")
+
+
+def environment(threads: int, backend: str, precision: str) -> dict[str, Any]:
     import numpy
     import onnxruntime
     import openvino
     import torch
 
-    from nas.latency import device_name, runtime_version
+    from nas.latency import describe_machine, device_name, runtime_version
 
     return {
         "python": platform.python_version(),
@@ -129,7 +157,9 @@ def environment(threads: int, backend: str) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "device": device_name(backend),
         "runtime": runtime_version(backend),
+        "precision": precision,
         "threads": threads,
+        "machine": describe_machine(),
     }
 
 
@@ -210,7 +240,7 @@ def enqueue_baselines(study: optuna.Study, objective: Any, budget_ms: float, qui
 
 def main(argv: list[str] | None = None) -> int:
     from nas.data import load_dataset
-    from nas.latency import LatencyCache, MeasureSettings, check_backend, default_threads
+    from nas.latency import LatencyCache, MeasureSettings, check_backend, check_precision, default_threads
     from nas.objective import Objective, TrialSettings
     from nas.report import write_report
     from nas.space import DEFAULT_SPACE, load_space
@@ -218,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = build_parser().parse_args(argv)
     check_backend(args.backend)
+    check_precision(args.precision, args.backend)
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
     space = load_space(space_file)
     threads = args.threads or default_threads()
@@ -234,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     study = optuna.create_study(study_name=args.study_name, storage=storage or make_storage(storage_url),
                                 directions=["maximize", "minimize"], load_if_exists=True,
                                 sampler=make_sampler(args.sampler, args.seed))
+    check_machine(study)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    atomic_write(run_dir / "environment.json", json.dumps(environment(threads, args.backend), indent=2))
+    atomic_write(run_dir / "environment.json",
+                 json.dumps(environment(threads, args.backend, args.precision), indent=2))
     settings = TrialSettings(budget_ms=args.budget_ms, target_resolution=space.resolution.target,
-                             backend=args.backend, threads=threads, epochs=args.epochs,
+                             backend=args.backend, precision=args.precision, threads=threads, epochs=args.epochs,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              checkpoints=run_dir / "checkpoints",
                              latency_settings=MeasureSettings.quick() if args.quick_latency else None,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import openvino as ov
 import torch
 from torch import nn
 
 from nas.export import convert_openvino, example_input, export_onnx
+from nas.latency import compile_openvino
 
 
 def torch_logits(model: nn.Module, resolution: int) -> np.ndarray:
@@ -24,8 +24,10 @@ def onnx_logits(model: nn.Module, resolution: int, tmp: Path) -> np.ndarray:
     return session.run(None, {"input": example_input(resolution).numpy()})[0]
 
 
-def openvino_logits(model: nn.Module, resolution: int) -> np.ndarray:
-    compiled = ov.Core().compile_model(convert_openvino(model, resolution), "CPU")
+def openvino_logits(model: nn.Module, resolution: int, precision: str = "fp32") -> np.ndarray:
+    """OpenVINO's logits at a pinned precision (fp32 by default: the CPU plugin's own default is bf16
+    on CPUs with AVX-512 BF16 / AMX, which is not what these comparisons check)."""
+    compiled = compile_openvino(convert_openvino(model, resolution), precision=precision)
     return compiled(example_input(resolution).numpy())[0]
 
 

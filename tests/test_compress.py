@@ -22,10 +22,10 @@ from compress._runtime import compare, onnx_logits, openvino_logits, torch_logit
 from compress._target import Target, load_module, load_target, read_json
 from compress.export import export_files, export_target
 from compress.prune import ROUND_TO, prune_model, prune_target
-from compress.quantize import count_fake_quantize, quantize_target
+from compress.quantize import quantize_target
 from nas.arch import Arch, StageSpec
 from nas.data import load_dataset
-from nas.latency import MeasureSettings
+from nas.latency import MeasureSettings, count_fake_quantize, supported_precisions
 from nas.models import build_model
 from nas.runs import save_winner
 from nas.train import train_proxy
@@ -125,10 +125,21 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
     assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.6
     assert variants["pruned"]["params"] < variants["fp32"]["params"]
 
+    assert variants["int8"]["files"]["xml"]["precision"] == "int8"
+    assert variants["fp32"]["files"]["xml"]["latency"]["precision"] == "fp32"
+    has_bf16 = "bf16" in supported_precisions("openvino")
+    if has_bf16:  # the same FP32 IR again at bf16: agreement from measurement (bf16 top-1 agreement 1.0 there)
+        info = variants["fp32"]["files"]["xml@bf16"]
+        assert info["precision"] == "bf16" == info["latency"]["precision"]
+        assert info["top1_agreement"] >= 0.9 and info["max_abs_diff"] > 1e-5, info
+
     report = read_json(target.run_dir / "compress" / "report.json")
     entry = report["winners"][target.winner.directory.name]
-    assert set(entry["variants"]) == {"fp32", "pruned", "int8"} and "fp32/int8" in entry["speedups"]
-    assert (target.run_dir / "compress" / "report.md").read_text().count("| int8 |") == 1
+    expected = {"fp32", "pruned", "int8"} | ({"fp32 @bf16", "pruned @bf16"} if has_bf16 else set())
+    assert set(entry["variants"]) == expected and "fp32/int8" in entry["speedups"]
+    assert ("fp32 @bf16/int8" in entry["speedups"]) == has_bf16
+    markdown = (target.run_dir / "compress" / "report.md").read_text()
+    assert markdown.count("| int8 | int8 |") == 1 and report["machine"]["cpu"] in markdown
 
 
 def test_prune_to_latency_target_stops_when_under() -> None:

@@ -1,11 +1,14 @@
 """Measured latency: time a model (or an exported IR/ONNX file) on its deployment runtime.
 
     from nas.latency import measure, LatencyCache
-    stats = measure(model, 224, backend="openvino", cache=LatencyCache(path), key=arch.hash)
+    stats = measure(model, 224, backend="openvino", precision="fp32", cache=LatencyCache(path), key=arch.hash)
     stats.ms        # quiet-machine estimate (min of pass medians), in ms
 
 Backends: openvino (default, CPU, sync single stream), onnxruntime, torch (eager), cuda.
-Method, cache and CLI: see design.md "Latency" and `python -m nas.latency --help`.
+Precisions: fp32 (default, pinned in every runtime), bf16, fp16, int8 (NNCF on OpenVINO), each
+checked against what this machine supports. Every record carries the precision and a fingerprint
+of the machine (`describe_machine()`). Method, cache and CLI: docs/latency.md and
+`python -m nas.latency --help`.
 """
 
 from nas.latency._backends import (
@@ -13,33 +16,57 @@ from nas.latency._backends import (
     DEFAULT_BACKEND,
     IR_BACKENDS,
     check_backend,
+    compile_openvino,
+    count_fake_quantize,
     default_threads,
     device_name,
+    ir_precision,
     openvino_config,
     runtime_version,
 )
 from nas.latency._cache import LatencyCache, default_cache_path
+from nas.latency._machine import cpu_features, cpu_name, describe_machine, machine_id, machine_line
 from nas.latency._measure import file_key, lookup, measure, measure_ir
+from nas.latency._precision import (
+    DEFAULT_PRECISION,
+    FLOAT_PRECISIONS,
+    PRECISIONS,
+    check_precision,
+    supported_precisions,
+)
 from nas.latency._stats import CacheKey, LatencyStats, summarize
 from nas.latency._timing import MeasureSettings
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "DEFAULT_PRECISION",
+    "FLOAT_PRECISIONS",
     "IR_BACKENDS",
+    "PRECISIONS",
     "CacheKey",
     "LatencyCache",
     "LatencyStats",
     "MeasureSettings",
     "check_backend",
+    "check_precision",
+    "compile_openvino",
+    "count_fake_quantize",
+    "cpu_features",
+    "cpu_name",
     "default_cache_path",
     "default_threads",
+    "describe_machine",
     "device_name",
     "file_key",
+    "ir_precision",
     "lookup",
+    "machine_id",
+    "machine_line",
     "measure",
     "measure_ir",
     "openvino_config",
     "runtime_version",
     "summarize",
+    "supported_precisions",
 ]

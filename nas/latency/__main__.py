@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from nas.errors import ConfigError, UserError, run_cli
-from nas.latency._backends import BACKENDS, DEFAULT_BACKEND, check_backend, check_model_file, default_threads
+from nas.latency._backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    check_backend,
+    check_model_file,
+    default_threads,
+    ir_precision,
+)
 from nas.latency._cache import LatencyCache, default_cache_path
+from nas.latency._machine import describe_machine, machine_line
 from nas.latency._measure import lookup, measure, measure_ir
+from nas.latency._precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 from nas.latency._stats import LatencyStats
 from nas.latency._timing import MeasureSettings
 
@@ -32,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--ir", type=Path, help="exported model file: OpenVINO IR .xml or .onnx")
     p.add_argument("--backend", default=DEFAULT_BACKEND,
                    help=f"one of: {', '.join(BACKENDS)} (default: {DEFAULT_BACKEND})")
+    p.add_argument("--precision", default=None,
+                   help=f"one of: {', '.join(PRECISIONS)} (default: {DEFAULT_PRECISION}; for --ir, the file's own: "
+                        "int8 if it has FakeQuantize ops). int8 of --preset/--arch quantizes with NNCF first")
     p.add_argument("--threads", type=int, default=None,
                    help=f"inference threads (default: all cores, here {default_threads()})")
     p.add_argument("--resolution", type=int, default=None,
@@ -75,16 +87,29 @@ def _load_arch(args: argparse.Namespace):
 
 def _print(stats: LatencyStats, label: str, cache_note: str, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"model": label, **stats.to_dict()}, indent=2))
+        print(json.dumps({"model": label, **stats.to_dict(), "machine_description": describe_machine()}, indent=2))
         return
-    print(f"{label}: {stats.backend} {stats.runtime_version} | {stats.device} | {stats.threads} threads | "
+    print(f"{label}: {stats.backend} {stats.runtime_version} | {stats.precision} | {stats.threads} threads | "
           f"{stats.resolution}x{stats.resolution}{cache_note}")
+    print(f"  machine {machine_line()}")
     print(f"  latency {stats.summary()}")
+
+
+def _file_precision(path: Path) -> str:
+    """The precision a model file is deployed at (int8 when quantized); ONNX Runtime reads no IR."""
+    if path.suffix.lower() != ".xml":
+        return DEFAULT_PRECISION
+    try:
+        return ir_precision(path)
+    except Exception as exc:  # truncated/foreign file: one line naming it
+        raise UserError(f"{path}: cannot read the model ({str(exc).strip().splitlines()[0][:200]})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_backend(args.backend)  # before building anything: 'cuda' without a GPU fails fast
+    if args.precision is not None:
+        check_precision(args.precision, args.backend)
     settings = MeasureSettings.quick() if args.quick else MeasureSettings()
     if args.passes is not None:
         if args.passes < 1:
@@ -97,23 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.ir is not None:
         label = str(args.ir)
         check_model_file(args.ir, args.backend)
-        say(f"timing {label} on {args.backend} ...")
-        stats = measure_ir(args.ir, args.backend, args.threads, resolution=args.resolution,
+        precision = args.precision or _file_precision(args.ir)
+        say(f"timing {label} on {args.backend} at {precision} ...")
+        stats = measure_ir(args.ir, args.backend, args.threads, precision=precision, resolution=args.resolution,
                            cache=cache, settings=settings, refresh=args.refresh)
     else:
         arch = _load_arch(args)
         label = f"{arch.name or args.preset or args.arch} ({arch.hash})"
         resolution = args.resolution or 224
+        precision = args.precision or DEFAULT_PRECISION
         hit = None
         if cache is not None and not args.refresh:  # a hit needs no model built
-            hit = lookup(cache, arch.hash, resolution, args.backend, args.threads)
+            hit = lookup(cache, arch.hash, resolution, args.backend, args.threads, precision)
         if hit is not None:
             stats = hit
         else:
             from nas.models import build_model
 
-            say(f"building and timing {label} on {args.backend} ...")
-            stats = measure(build_model(arch), resolution, args.backend, args.threads,
+            say(f"building and timing {label} on {args.backend} at {precision} ...")
+            stats = measure(build_model(arch), resolution, args.backend, args.threads, precision=precision,
                             cache=cache, key=arch.hash, settings=settings, refresh=args.refresh)
     note = ""
     if cache is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nas.errors import BackendUnavailable, UserError
+from nas.latency._machine import cpu_name
+from nas.latency._precision import DEFAULT_PRECISION, openvino_precision_config, torch_precision
 from nas.threads import torch_threads
 
 if TYPE_CHECKING:
@@ -78,18 +79,6 @@ def runtime_version(backend: str) -> str:
     return f"{torch.__version__} (CUDA {torch.version.cuda})" if backend == "cuda" else torch.__version__
 
 
-@functools.cache
-def cpu_name() -> str:
-    """CPU model string from /proc/cpuinfo (e.g. 'AMD EPYC'), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def device_name(backend: str) -> str:
     if backend == "cuda":
         check_backend("cuda")
@@ -100,23 +89,50 @@ def device_name(backend: str) -> str:
 # --- OpenVINO ---------------------------------------------------------------------------------
 
 @functools.cache
-def _ov_core() -> Any:
+def ov_core() -> Any:
     import openvino as ov
 
     return ov.Core()
 
 
-def openvino_config(threads: int) -> dict[str, str]:
+def openvino_config(threads: int, precision: str = DEFAULT_PRECISION) -> dict[str, str]:
     """Sync single-stream latency settings, the same as benchmark_app's
-    `-hint none -nstreams 1 -nthreads T -nireq 1 -api sync` (the CPU plugin's default hint is
-    LATENCY; stating it keeps us on it if that default changes)."""
-    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+    `-hint none -nstreams 1 -nthreads T -nireq 1 -api sync -infer_precision P` (the CPU plugin's
+    default hint is LATENCY; stating it keeps us on it if that default changes). The inference
+    precision is always stated: the plugin's default is bf16 on CPUs with AVX-512 BF16 / AMX."""
+    return {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+            **openvino_precision_config(precision)}
 
 
-def _ov_step(ov_model: Any, threads: int, data: np.ndarray) -> Step:
+def compile_openvino(model: Any, threads: int | None = None, precision: str = DEFAULT_PRECISION) -> Any:
+    """Compile an openvino.Model or an .xml/.onnx path on CPU with the timing settings at `precision`."""
+    source = ov_core().read_model(str(model)) if isinstance(model, str | Path) else model
+    return ov_core().compile_model(source, "CPU", openvino_config(threads or default_threads(), precision))
+
+
+def count_fake_quantize(ov_model: Any) -> int:
+    """FakeQuantize ops in an OpenVINO model: > 0 for an NNCF INT8 model."""
+    return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+
+
+def _check_ir_precision(path: Path, ov_model: Any, precision: str) -> None:
+    quantized = count_fake_quantize(ov_model)
+    if precision == "int8" and not quantized:
+        raise UserError(f"{path}: not an INT8 model (no FakeQuantize ops); compress.quantize makes one, "
+                        "or time it with --precision fp32|bf16|fp16")
+    if precision != "int8" and quantized:
+        raise UserError(f"{path}: an INT8 model ({quantized} FakeQuantize ops); time it with --precision int8")
+
+
+def ir_precision(path: str | Path) -> str:
+    """The precision a model file is deployed at: int8 if it has FakeQuantize ops, else fp32."""
+    return "int8" if count_fake_quantize(ov_core().read_model(str(path))) else DEFAULT_PRECISION
+
+
+def _ov_step(ov_model: Any, threads: int, data: np.ndarray, precision: str) -> Step:
     import openvino as ov
 
-    compiled = _ov_core().compile_model(ov_model, "CPU", openvino_config(threads))
+    compiled = ov_core().compile_model(ov_model, "CPU", openvino_config(threads, precision))
     request = compiled.create_infer_request()
     request.set_input_tensor(ov.Tensor(np.ascontiguousarray(data)))
     infer = request.infer
@@ -130,7 +146,10 @@ def _ov_step(ov_model: Any, threads: int, data: np.ndarray) -> Step:
 
 def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
     """Read .xml or .onnx; fix a dynamic input shape to [1, 3, R, R]; return model, input, R."""
-    model = _ov_core().read_model(str(path))
+    try:
+        model = ov_core().read_model(str(path))
+    except Exception as exc:  # a truncated or foreign file: OpenVINO raises a plain RuntimeError
+        raise UserError(f"{path}: cannot read the model ({str(exc).strip().splitlines()[0][:200]})") from None
     if len(model.inputs) != 1:
         raise UserError(f"{path}: expected one input, found {len(model.inputs)}")
     port = model.inputs[0]
@@ -156,7 +175,10 @@ def _ort_step(onnx_path: Path, threads: int, resolution: int | None) -> tuple[St
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"{onnx_path}: cannot load the model ({str(exc).strip().splitlines()[0][:200]})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise UserError(f"{onnx_path}: expected one input, found {len(inputs)}")
@@ -215,9 +237,18 @@ def _fill(shape: list[int], dtype: Any) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(dtype)
 
 
+def _synthetic_calibration(resolution: int, count: int = 8) -> list[np.ndarray]:
+    """Random images for INT8 latency: scales from them are wrong for accuracy, not for speed."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((1, 3, resolution, resolution)).astype(np.float32) for _ in range(count)]
+
+
 @contextmanager
-def model_runner(backend: str, model: nn.Module, resolution: int, threads: int) -> Iterator[Step]:
-    """Prepare `model` on `backend` (export/compile outside the caller's timing) and yield step."""
+def model_runner(backend: str, model: nn.Module, resolution: int, threads: int,
+                 precision: str = DEFAULT_PRECISION) -> Iterator[Step]:
+    """Prepare `model` on `backend` at `precision` (export/compile/quantize outside the caller's
+    timing) and yield step. INT8 quantizes the OpenVINO model with NNCF and the project's float-op
+    rules on synthetic calibration images (latency does not depend on the scales)."""
     from nas.export import convert_openvino, example_input, export_onnx
 
     check_backend(backend)
@@ -226,17 +257,22 @@ def model_runner(backend: str, model: nn.Module, resolution: int, threads: int) 
     model.eval()
     try:
         if backend == "openvino":
-            yield _ov_step(convert_openvino(model, resolution), threads, example_input(resolution).numpy())
+            ov_model = convert_openvino(model, resolution)
+            if precision == "int8":
+                from nas.quantization import quantize_openvino
+
+                ov_model = quantize_openvino(ov_model, _synthetic_calibration(resolution))
+            yield _ov_step(ov_model, threads, example_input(resolution).numpy(), precision)
         elif backend == "onnxruntime":
             with tempfile.TemporaryDirectory(prefix="vitnas-latency-") as tmp:
                 onnx_path = export_onnx(model, Path(tmp) / "model.onnx", resolution)
                 step, _ = _ort_step(onnx_path, threads, resolution)
             yield step  # the session holds the graph in memory; the file is no longer needed
         elif backend == "torch":
-            with torch_threads(threads):
+            with torch_threads(threads), torch_precision(precision, "cpu"):
                 yield _torch_step(model, example_input(resolution), None)
         else:  # cuda: a copy, so the caller's model stays where it was
-            with torch_threads(threads):
+            with torch_threads(threads), torch_precision(precision, "cuda"):
                 gpu_model = copy.deepcopy(model).to("cuda").eval()
                 yield _torch_step(gpu_model, example_input(resolution).to("cuda"), torch.cuda.synchronize)
     finally:
@@ -266,15 +302,17 @@ def model_file_resolution(path: Path, resolution: int | None) -> int:
 
 
 @contextmanager
-def ir_runner(backend: str, path: str | Path, threads: int,
-              resolution: int | None = None) -> Iterator[tuple[Step, int]]:
+def ir_runner(backend: str, path: str | Path, threads: int, resolution: int | None = None,
+              precision: str = DEFAULT_PRECISION) -> Iterator[tuple[Step, int]]:
     """Prepare an exported model file; yield (step, resolution it runs at).
 
     .xml (OpenVINO IR) runs on openvino; .onnx on onnxruntime or openvino (which reads ONNX).
+    An INT8 file (FakeQuantize ops) runs at precision int8 only, a float file at a float precision.
     """
     path = check_model_file(path, backend)
     if backend == "openvino":
         ov_model, data, res = _ov_read(path, resolution)
-        yield _ov_step(ov_model, threads, data), res
+        _check_ir_precision(path, ov_model, precision)
+        yield _ov_step(ov_model, threads, data, precision), res
     else:
         yield _ort_step(path, threads, resolution)

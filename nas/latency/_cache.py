@@ -20,7 +20,7 @@ from filelock import FileLock
 
 from nas.latency._stats import CacheKey, LatencyStats
 
-SCHEMA = 1
+SCHEMA = 2  # 2: precision and machine fingerprint in the key (schema-1 entries had neither: ignored)
 ENV_VAR = "VITNAS_LATENCY_CACHE"
 
 

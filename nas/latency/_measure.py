@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from nas.errors import UserError
 from nas.latency import _backends as backends
 from nas.latency._cache import LatencyCache
+from nas.latency._machine import machine_id
+from nas.latency._precision import DEFAULT_PRECISION, check_precision
 from nas.latency._stats import CacheKey, LatencyStats
 from nas.latency._timing import MeasureSettings, Step, sample
 from nas.machine_lock import measuring, training
@@ -37,50 +39,56 @@ def _time(step: Step, settings: MeasureSettings | None, key: CacheKey) -> Latenc
         result = sample(step, settings or MeasureSettings())
     return LatencyStats.from_summary(result.summary, backend=key.backend, runtime_version=key.runtime_version,
                                      device=key.device, threads=key.threads, resolution=key.resolution,
-                                     attempts=result.attempts, others_cpu=result.others_cpu, key=key.key)
+                                     attempts=result.attempts, others_cpu=result.others_cpu, key=key.key,
+                                     precision=key.precision, machine=key.machine)
 
 
-def _model_key(key: str, resolution: int, backend: str, threads: int) -> CacheKey:
+def _model_key(key: str, resolution: int, backend: str, threads: int, precision: str) -> CacheKey:
     return CacheKey(key, backend, backends.device_name(backend), resolution, threads,
-                    backends.runtime_version(backend))
+                    backends.runtime_version(backend), precision, machine_id())
 
 
 def lookup(cache: LatencyCache | str | Path, key: str, resolution: int = 224,
-           backend: str = backends.DEFAULT_BACKEND, threads: int | None = None) -> LatencyStats | None:
+           backend: str = backends.DEFAULT_BACKEND, threads: int | None = None,
+           precision: str = DEFAULT_PRECISION) -> LatencyStats | None:
     """The cached measurement `measure(..., cache=cache, key=key)` would return, else None.
 
     Lets a caller skip building the model on a hit.
     """
     backends.check_backend(backend)
+    check_precision(precision, backend)
     store = _as_cache(cache)
     assert store is not None
-    return store.get(_model_key(key, _check_resolution(resolution), backend, backends.check_threads(threads)))
+    return store.get(_model_key(key, _check_resolution(resolution), backend, backends.check_threads(threads),
+                                precision))
 
 
 def measure(model: nn.Module, resolution: int = 224, backend: str = backends.DEFAULT_BACKEND,
-            threads: int | None = None, *, cache: CacheArg = None, key: str | None = None,
-            settings: MeasureSettings | None = None, refresh: bool = False) -> LatencyStats:
-    """Batch-1 latency of `model` at `resolution` x `resolution` on `backend`.
+            threads: int | None = None, *, precision: str = DEFAULT_PRECISION, cache: CacheArg = None,
+            key: str | None = None, settings: MeasureSettings | None = None, refresh: bool = False) -> LatencyStats:
+    """Batch-1 latency of `model` at `resolution` x `resolution` on `backend` at `precision`.
 
-    `threads` defaults to all cores. With a `cache` (a LatencyCache or a path), `key` names the
-    model (use `arch.hash`): a hit returns without exporting anything; `refresh` re-measures.
-    The model is exported/compiled first, holding the machine lock shared (like training: other
-    processes don't time meanwhile); then only the timing holds `measuring()` (exclusive).
+    `threads` defaults to all cores. `precision` (fp32, bf16, fp16, int8) is pinned in the runtime;
+    one the backend cannot run here raises BackendUnavailable. With a `cache` (a LatencyCache or a
+    path), `key` names the model (use `arch.hash`): a hit returns without exporting anything;
+    `refresh` re-measures. The model is exported/compiled first, holding the machine lock shared
+    (like training: other processes don't time meanwhile); then only the timing holds `measuring()`.
     """
     backends.check_backend(backend)
+    check_precision(precision, backend)
     threads = backends.check_threads(threads)
     resolution = _check_resolution(resolution)
     store = _as_cache(cache)
     if store is not None and not key:
         raise ValueError("measure(cache=...) needs key= (e.g. arch.hash) to name the model")
-    cache_key = _model_key(key or "", resolution, backend, threads)
+    cache_key = _model_key(key or "", resolution, backend, threads, precision)
     if store is not None and not refresh:
         hit = store.get(cache_key)
         if hit is not None:
             return hit
     with ExitStack() as stack:
         with training():  # export/compile load the cores too: other processes' timing waits
-            step = stack.enter_context(backends.model_runner(backend, model, resolution, threads))
+            step = stack.enter_context(backends.model_runner(backend, model, resolution, threads, precision))
         stats = _time(step, settings, cache_key)
     if store is not None:
         store.put(stats)
@@ -100,34 +108,37 @@ def file_key(path: str | Path) -> str:
 
 
 def measure_ir(path: str | Path, backend: str = backends.DEFAULT_BACKEND, threads: int | None = None,
-               *, resolution: int | None = None, cache: CacheArg = None, key: str | None = None,
-               settings: MeasureSettings | None = None, refresh: bool = False) -> LatencyStats:
-    """Latency of an exported model file: OpenVINO IR (.xml) or ONNX (.onnx).
+               *, precision: str = DEFAULT_PRECISION, resolution: int | None = None, cache: CacheArg = None,
+               key: str | None = None, settings: MeasureSettings | None = None,
+               refresh: bool = False) -> LatencyStats:
+    """Latency of an exported model file: OpenVINO IR (.xml) or ONNX (.onnx), at `precision`.
 
-    .xml runs on openvino, .onnx on onnxruntime or openvino. The input shape is the file's own;
-    `resolution` is needed only for a dynamic-shape file. With a cache, `key` defaults to a hash
-    of the file contents, so re-exported identical files hit.
+    .xml runs on openvino, .onnx on onnxruntime or openvino. An INT8 IR (FakeQuantize ops) needs
+    precision "int8"; a float one fp32, bf16 or fp16 (see `ir_precision`). The input shape is the
+    file's own; `resolution` is needed only for a dynamic-shape file. With a cache, `key` defaults
+    to a hash of the file contents, so re-exported identical files hit.
     """
     backends.check_backend(backend)
+    check_precision(precision, backend)
     path = backends.check_model_file(path, backend)
     threads = backends.check_threads(threads)
     if resolution is not None:
         resolution = _check_resolution(resolution)
     store = _as_cache(cache)
-    device, version = backends.device_name(backend), backends.runtime_version(backend)
+    device, version, machine = backends.device_name(backend), backends.runtime_version(backend), machine_id()
     if store is not None and not refresh:
         key = key or file_key(path)
         cache_key = CacheKey(key, backend, device, backends.model_file_resolution(path, resolution),
-                             threads, version)
+                             threads, version, precision, machine)
         hit = store.get(cache_key)
         if hit is not None:
             return hit
     with ExitStack() as stack:
         with training():
-            step, res = stack.enter_context(backends.ir_runner(backend, path, threads, resolution))
+            step, res = stack.enter_context(backends.ir_runner(backend, path, threads, resolution, precision))
         if store is not None:
             key = key or file_key(path)
-        stats = _time(step, settings, CacheKey(key or "", backend, device, res, threads, version))
+        stats = _time(step, settings, CacheKey(key or "", backend, device, res, threads, version, precision, machine))
     if store is not None:
         store.put(stats)
     return stats

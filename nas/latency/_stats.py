@@ -20,7 +20,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What a latency depends on; the runtime version is part of it, so upgrading invalidates."""
+    """What a latency depends on. The runtime version is part of it, so upgrading invalidates; so are
+    the precision (fp32 and bf16 runs never share an entry) and the machine fingerprint (CPU model,
+    ISA features, OpenVINO capabilities), so a cache copied to another CPU type misses."""
 
     key: str
     backend: str
@@ -28,10 +30,12 @@ class CacheKey:
     resolution: int
     threads: int
     runtime_version: str
+    precision: str = "fp32"
+    machine: str = ""
 
     def as_str(self) -> str:
         return json.dumps([self.key, self.backend, self.device, self.resolution, self.threads,
-                           self.runtime_version])
+                           self.runtime_version, self.precision, self.machine])
 
 
 @dataclass(frozen=True)
@@ -110,14 +114,16 @@ class LatencyStats:
     others_cpu: float | None = None  # mean cores other processes used while we timed (~0 = quiet)
     key: str = ""
     measured_at: float = 0.0  # unix time
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | int8: how the runtime computed (nas.latency._precision)
+    machine: str = ""  # fingerprint of the machine description (nas.latency._machine)
 
     @classmethod
     def from_summary(cls, summary: PassSummary, *, backend: str, runtime_version: str, device: str,
                      threads: int, resolution: int, attempts: int = 1, others_cpu: float | None = None,
-                     key: str = "") -> LatencyStats:
+                     key: str = "", precision: str = "fp32", machine: str = "") -> LatencyStats:
         return cls(backend=backend, runtime_version=runtime_version, device=device, threads=threads,
                    resolution=resolution, attempts=attempts, others_cpu=others_cpu, key=key,
-                   measured_at=time.time(), **asdict(summary))
+                   measured_at=time.time(), precision=precision, machine=machine, **asdict(summary))
 
     @property
     def ms(self) -> float:
@@ -126,7 +132,7 @@ class LatencyStats:
 
     def cache_key(self) -> CacheKey:
         return CacheKey(self.key, self.backend, self.device, self.resolution, self.threads,
-                        self.runtime_version)
+                        self.runtime_version, self.precision, self.machine)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,7 +154,7 @@ class LatencyStats:
         """One human-readable line."""
         flag = "  [UNSTEADY]" if self.unsteady else ""
         others = "" if self.others_cpu is None else f", other processes used {self.others_cpu:.1f} cores"
-        return (f"{self.estimate_ms:.3f} ms  (median {self.median_ms:.3f}, p90 {self.p90_ms:.3f}, "
+        return (f"{self.estimate_ms:.3f} ms {self.precision}  (median {self.median_ms:.3f}, p90 {self.p90_ms:.3f}, "
                 f"IQR {self.iqr_ms:.3f}, CV {100 * self.cv:.1f}%, pass CV {100 * self.pass_cv:.1f}%, "
                 f"{self.samples} samples in {len(self.pass_medians_ms)} passes, "
                 f"{self.attempts} attempt(s){others}){flag}")
