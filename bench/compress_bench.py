@@ -40,8 +40,16 @@ from compress.quantize import quantize_model
 from nas.arch import Arch, StageSpec
 from nas.data import calibration_subset, load_dataset
 from nas.export import save_openvino
-from nas.latency import MeasureSettings, default_threads, measure, measure_ir, runtime_version
-from nas.latency._backends import cpu_name
+from nas.latency import (
+    MeasureSettings,
+    cpu_name,
+    default_threads,
+    describe_machine,
+    ir_precision,
+    measure,
+    measure_ir,
+    runtime_version,
+)
 from nas.models import build_model
 from nas.presets import load_preset
 from nas.train import evaluate, train_proxy
@@ -70,7 +78,7 @@ def interleaved_ir(paths: dict[str, Path], threads: int, rounds: int, settings: 
     best: dict[str, Any] = {}
     for _ in range(rounds):
         for name, path in paths.items():
-            stats = measure_ir(path, "openvino", threads, settings=settings)
+            stats = measure_ir(path, "openvino", threads, precision=ir_precision(path), settings=settings)
             if name not in best or stats.estimate_ms < best[name].estimate_ms:
                 best[name] = stats
     return best
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"compress_bench{'_quick' if args.quick else ''}.json"
     out.write_text(json.dumps({
         "settings": {k: v for k, v in vars(args).items() if k != "settings"}, "targets": TARGETS,
-        "device": cpu_name(), "openvino": runtime_version("openvino"), "threads": args.threads,
+        "device": cpu_name(), "machine": describe_machine(), "precision": "fp32 (pinned; INT8 IRs: float ops f32)",
+        "openvino": runtime_version("openvino"), "threads": args.threads,
         "latency_resolution": LATENCY_RESOLUTION, "results": rows}, indent=2, default=str))
     print(f"saved {out}")
     return 0

@@ -34,8 +34,16 @@ import numpy as np
 if __package__ in (None, ""):  # `python bench/latency_bench.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nas.latency import LatencyStats, MeasureSettings, default_threads, measure, measure_ir, runtime_version
-from nas.latency._backends import cpu_name
+from nas.latency import (
+    LatencyStats,
+    MeasureSettings,
+    cpu_name,
+    default_threads,
+    describe_machine,
+    measure,
+    measure_ir,
+    runtime_version,
+)
 from nas.latency._roofline import (
     achieved_gflops,
     arithmetic_intensity,
@@ -118,10 +126,14 @@ def candidates(presets: list[str], sampled: int, seed: int) -> list[Candidate]:
 _LINE = re.compile(r"(Median|Average|Min|Max):\s+([\d.]+)\s+(ms|us)")
 
 
-def run_benchmark_app(ir: Path, threads: int, seconds: int) -> dict[str, float]:
-    """OpenVINO's benchmark_app with the settings our measurement uses; its statistics in ms."""
+def run_benchmark_app(ir: Path, threads: int, seconds: int, infer_precision: str = "f32") -> dict[str, float]:
+    """OpenVINO's benchmark_app with the settings our measurement uses; its statistics in ms.
+
+    `-infer_precision` is always given (f32 by default, like nas.latency's fp32): without it the CPU
+    plugin runs FP32 IRs in bf16 on CPUs with AVX-512 BF16 / AMX."""
     cmd = ["benchmark_app", "-m", str(ir), "-d", "CPU", "-hint", "none", "-nstreams", "1",
-           "-nthreads", str(threads), "-nireq", "1", "-api", "sync", "-t", str(seconds)]
+           "-nthreads", str(threads), "-nireq", "1", "-api", "sync", "-t", str(seconds),
+           "-infer_precision", infer_precision]
     with measuring():
         before, children = cpu_clock(), _children_cpu()
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
@@ -417,11 +429,12 @@ def main(argv: list[str] | None = None) -> int:
                  if m["agreement"]["repeatability_cv_quiet"] is not None]
     report = {
         "settings": {"quick": quick, "threads": args.threads, "resolution": args.resolution,
-                     "device": cpu_name(), "openvino": runtime_version("openvino"),
+                     "device": cpu_name(), "machine": describe_machine(), "precision": "fp32",
+                     "openvino": runtime_version("openvino"),
                      "onnxruntime": runtime_version("onnxruntime"), "torch": runtime_version("torch"),
                      "rounds": rounds, "bench_rounds": bench_rounds, "benchmark_app_seconds": seconds,
                      "benchmark_app_flags":
-                         f"-hint none -nstreams 1 -nthreads {args.threads} -nireq 1 -api sync",
+                         f"-hint none -nstreams 1 -nthreads {args.threads} -nireq 1 -api sync -infer_precision f32",
                      "measure_settings": asdict(settings), "seconds_total": None},
         "machine": machine,
         "models": models,

@@ -144,8 +144,16 @@ def main(argv: list[str] | None = None) -> int:
           f"(drop {metrics['drop_points']:.2f} points) -> {metrics['ir']}")
     if not args.no_export:
         from compress.export import export_target
+        from compress.report import winner_entry
 
         export_target(target, val_limit=args.val_limit, quiet=args.quiet)
+        entry = winner_entry(target.out_dir)
+        int8 = entry["variants"]["int8"]
+        for name, row in entry["variants"].items():
+            if name != "int8" and row["latency_ms"] and int8["latency_ms"]:
+                print(f"INT8 {int8['latency_ms']:.3f} ms vs {name} ({row['precision']}) {row['latency_ms']:.3f} ms: "
+                      f"{row['latency_ms'] / int8['latency_ms']:.2f}x")
+        print(f"report: {target.run_dir / 'compress' / 'report.md'}")
     return 0
 
 

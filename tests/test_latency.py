@@ -34,6 +34,7 @@ from nas.latency import (
     runtime_version,
     summarize,
 )
+from nas.latency._cache import SCHEMA as CACHE_SCHEMA
 from nas.latency._timing import cpu_clock, others_cores, sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ def test_cache_is_safe_for_several_processes(tmp_path):
                for w in range(4)]
     assert all(p.wait(timeout=60) == 0 for p in workers)
     lines = path.read_text().splitlines()
-    assert len(lines) == 160 and all(json.loads(line)["schema"] == 1 for line in lines)
+    assert len(lines) == 160 and all(json.loads(line)["schema"] == CACHE_SCHEMA for line in lines)
     cache = LatencyCache(path)
     assert len(cache) == 160
     keys = {s.key for s in cache.entries()}

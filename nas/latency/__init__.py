@@ -7,7 +7,7 @@
 Backends: openvino (default, CPU, sync single stream), onnxruntime, torch (eager), cuda.
 Precisions: fp32 (default, pinned in every runtime), bf16, fp16, int8 (NNCF on OpenVINO), each
 checked against what this machine supports. Every record carries the precision and a fingerprint
-of the machine (`describe_machine()`). Method, cache and CLI: docs/latency.md and
+of the machine (`describe_machine()`). Precision and machines: docs/precision.md; CLI:
 `python -m nas.latency --help`.
 """
 

@@ -43,8 +43,9 @@ def gemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5, backend: str
 
         param = ops.parameter([n, n], np.float32)
         model = ov.Model([ops.matmul(param, ops.constant(b), False, False)], [param])
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
-                                                         "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
+        from nas.latency._backends import compile_openvino
+
+        compiled = compile_openvino(model, threads, "fp32")  # an FP32 peak: the hint pinned to f32
         request = compiled.create_infer_request()
         request.set_input_tensor(ov.Tensor(a))
         seconds = _best_seconds(lambda: request.infer(share_outputs=True), repeats)
