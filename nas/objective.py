@@ -54,10 +54,11 @@ class Objective:
         self.space, self.splits, self.settings, self.cache = space, splits, settings, cache
 
     def arch_for(self, trial: optuna.Trial) -> Arch:
+        """The trial's network. Every knob is suggested first, also for a baseline (enqueued with its
+        encoding in the space, see `enqueue_baselines`), so every completed trial has the same parameters."""
+        sampled = self.space.sample(trial, self.splits.num_classes)
         baseline = trial.user_attrs.get("baseline_arch")
-        if baseline is not None:
-            return Arch.from_dict(baseline)
-        return self.space.sample(trial, self.splits.num_classes)
+        return Arch.from_dict(baseline) if baseline is not None else sampled
 
     def latency(self, arch: Arch, model: torch.nn.Module | None = None) -> LatencyStats:
         s = self.settings

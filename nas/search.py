@@ -233,8 +233,15 @@ def enqueue_baselines(study: optuna.Study, objective: Any, budget_ms: float, qui
                                    lambda a: objective.latency(a).ms)
         if not quiet:
             print(f"baseline {arch.name}: {ms:.2f} ms", file=sys.stderr)
-        study.enqueue_trial({}, user_attrs={"baseline": family, "baseline_arch": arch.to_dict()},
-                            skip_if_exists=False)
+        # A hand design need not lie in the space (the default space has no conv2 stem, no catm first
+        # stage, no one-stage ViT). Its trial evaluates the true design (`baseline_arch`), while its
+        # parameters are the nearest point of the space: the samplers learn the baseline's measured
+        # accuracy and latency at that point, a warm start rather than an exact observation;
+        # `baseline_exact` says which it is. With the parameters it is an ordinary member of the
+        # population and of the intersection search space.
+        params, exact = objective.space.encode(arch)
+        study.enqueue_trial(params, user_attrs={"baseline": family, "baseline_arch": arch.to_dict(),
+                                                "baseline_exact": exact}, skip_if_exists=False)
     study.set_user_attr("baselines_enqueued", True)
 
 

@@ -135,50 +135,98 @@ class SearchSpace(_Strict):
         return self
 
     # ---- sampling -------------------------------------------------------------------------
+    # Every knob of every stage is suggested under a fixed name on every trial, even a fixed one (a
+    # one-choice distribution) and even one the chosen mixer ignores. Optuna's relative samplers
+    # (NSGA-II crossover, multivariate TPE, GPSampler) model only the *intersection* of the completed
+    # trials' distributions, so a knob suggested only for some mixers would drop out of it for all.
+    # Unused knobs are then ignored when building the Arch (they keep the StageSpec defaults), so
+    # equal networks still hash equally.
+    def knobs(self) -> dict[str, list[Any]]:
+        """Parameter name -> the values it can take, for every knob of the space (the trial encoding)."""
+        return {name: choices(knob) for name, knob in self._knob_objects().items()}
+
     def sample(self, trial: Any, num_classes: int) -> Arch:
         """Draw an Arch through an Optuna trial (any object with suggest_categorical/suggest_int)."""
+        return self.decode(self.suggest(trial), num_classes)
 
-        def pick(name: str, knob: Any) -> Any:
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Suggest every knob (see above); returns the parameter dict."""
+        params: dict[str, Any] = {}
+        for name, knob in self._knob_objects().items():
             if isinstance(knob, IntRange):
-                if knob.low == knob.high:
-                    return knob.low
-                return trial.suggest_int(name, knob.low, knob.high, step=knob.step)
-            values = choices(knob)
-            return values[0] if len(values) == 1 else trial.suggest_categorical(name, values)
+                params[name] = trial.suggest_int(name, knob.low, knob.high, step=knob.step)
+            else:
+                params[name] = trial.suggest_categorical(name, choices(knob))
+        return params
 
-        stages = []
+    def _knob_objects(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for i, st in enumerate(self.stages):
-            mixer = pick(f"s{i}.mixer", st.mixer)
-            fields: dict[str, Any] = {
-                "mixer": mixer,
-                "depth": pick(f"s{i}.depth", st.depth),
-                "width": pick(f"s{i}.width", st.width),
-                "expand": pick(f"s{i}.expand", st.expand),
-                "downsample": pick(f"s{i}.downsample", st.downsample),
-            }
-            # Knobs a mixer does not use keep their defaults, so equal networks hash equally.
-            if mixer in ATTENTION_MIXERS:
-                fields["head_dim"] = pick(f"s{i}.head_dim", st.head_dim)
-            if mixer == "glsra":
-                fields["keep_ratio"] = pick(f"s{i}.keep_ratio", st.keep_ratio)
-                fields["fusion_tokens"] = pick(f"s{i}.fusion_tokens", st.fusion_tokens)
-                fields["pool_size"] = pick(f"s{i}.pool_size", st.pool_size)
+            for name in STAGE_KNOBS:
+                out[f"s{i}.{name}"] = getattr(st, name)
+        out |= {"stem.kind": self.stem.kind, "stem.width": self.stem.width, "stem.depth": self.stem.depth,
+                "head.kind": self.head.kind, "head.widths": [_widths_label(w) for w in self.head.widths]}
+        return out
+
+    def decode(self, params: dict[str, Any], num_classes: int) -> Arch:
+        """The Arch a full parameter dict describes; knobs the chosen mixer/stem/head ignore are dropped."""
+        stages = []
+        for i in range(len(self.stages)):
+            fields = {name: params[f"s{i}.{name}"] for name in ("mixer", "depth", "width", "expand", "downsample")}
+            if fields["mixer"] in ATTENTION_MIXERS:
+                fields["head_dim"] = params[f"s{i}.head_dim"]
+            if fields["mixer"] == "glsra":
+                for name in ("keep_ratio", "fusion_tokens", "pool_size"):
+                    fields[name] = params[f"s{i}.{name}"]
             stages.append(StageSpec(**fields))
-        stem_kind = pick("stem.kind", self.stem.kind)
-        head_kind = pick("head.kind", self.head.kind)
-        head_widths: tuple[int, ...] = ()
-        if head_kind == "evit":
-            options = {f"{a}x{b}": (a, b) for a, b in self.head.widths}
-            head_widths = options[pick("head.widths", list(options))]
-        return Arch(
-            stages=tuple(stages),
-            stem_kind=stem_kind,
-            stem_width=pick("stem.width", self.stem.width),
-            stem_depth=pick("stem.depth", self.stem.depth) if stem_kind == "dsconv" else 0,
-            head_kind=head_kind,
-            head_widths=head_widths,
-            num_classes=num_classes,
-        )
+        stem_kind, head_kind = params["stem.kind"], params["head.kind"]
+        head_widths = tuple(int(v) for v in params["head.widths"].split("x")) if head_kind == "evit" else ()
+        return Arch(stages=tuple(stages), stem_kind=stem_kind, stem_width=params["stem.width"],
+                    stem_depth=params["stem.depth"] if stem_kind == "dsconv" else 0, head_kind=head_kind,
+                    head_widths=head_widths, num_classes=num_classes)
+
+    def encode(self, arch: Arch) -> tuple[dict[str, Any], bool]:
+        """The parameter dict of the space's point nearest to `arch`, and whether it is exact.
+
+        Exact means `decode(params) == arch`. Otherwise each knob takes the allowed value nearest to
+        the arch's (numbers: closest; names: the same if allowed, else the first choice), and when the
+        arch has another number of stages, space stage i takes the arch's stage at the same relative
+        depth. Used to enqueue hand-designed baselines, which need not lie in the space.
+        """
+        knobs = self.knobs()
+        n, m = len(self.stages), len(arch.stages)
+        params: dict[str, Any] = {}
+        for i in range(n):
+            source = arch.stages[round(i * (m - 1) / max(n - 1, 1))]
+            for name in STAGE_KNOBS:
+                params[f"s{i}.{name}"] = _nearest(getattr(source, name), knobs[f"s{i}.{name}"])
+        params["stem.kind"] = _nearest(arch.stem_kind, knobs["stem.kind"])
+        params["stem.width"] = _nearest(arch.stem_width, knobs["stem.width"])
+        params["stem.depth"] = _nearest(arch.stem_depth, knobs["stem.depth"])
+        params["head.kind"] = _nearest(arch.head_kind, knobs["head.kind"])
+        pairs = [tuple(int(v) for v in label.split("x")) for label in knobs["head.widths"]]
+        target = arch.head_widths if len(arch.head_widths) == 2 else pairs[0]
+        nearest = min(pairs, key=lambda p: abs(p[0] - target[0]) + abs(p[1] - target[1]))
+        params["head.widths"] = _widths_label(nearest)
+        exact = self.decode(params, arch.num_classes) == arch
+        return params, exact
+
+
+STAGE_KNOBS = ("mixer", "depth", "width", "expand", "downsample", "head_dim", "keep_ratio", "fusion_tokens",
+               "pool_size")
+
+
+def _widths_label(widths: Any) -> str:
+    return "x".join(str(int(w)) for w in widths)
+
+
+def _nearest(value: Any, allowed: list[Any]) -> Any:
+    """`value` if allowed; else the closest number, or the first choice for names."""
+    if value in allowed:
+        return allowed[allowed.index(value)]  # the space's own object (4.0, not 4): Optuna compares choices
+    if isinstance(value, int | float) and all(isinstance(a, int | float) for a in allowed):
+        return min(allowed, key=lambda a: abs(a - value))
+    return allowed[0]
 
 
 # ---- loading with one-line errors -------------------------------------------------------------

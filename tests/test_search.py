@@ -115,3 +115,26 @@ def test_report_cli_missing_run_is_one_line(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "nas.report", "--run", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no such run" in out.stderr
+
+
+def test_every_stage_knob_is_in_the_intersection_of_a_run_with_baselines(tmp_path: Path) -> None:
+    """Baselines enqueued with their encoding are ordinary members: Optuna's own intersection search
+    space over the completed trials (what NSGA-II / multivariate TPE / GP model) holds every knob."""
+    from nas.space import load_space
+
+    args = [a for a in FAST if a != "--no-baselines"]
+    out = subprocess.run([sys.executable, "-m", "nas.search", "--results", str(tmp_path), *args,
+                          "--budget-ms", "2", "--trials", "5", "--run", "bl"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    complete = study_of(tmp_path / "bl").get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    baselines = [t for t in complete if t.user_attrs.get("baseline")]
+    assert len(complete) == 5 and len(baselines) == 3
+    common = optuna.search_space.intersection_search_space(complete)
+    space = load_space(TINY_SPACE)
+    assert set(common) == set(space.knobs())
+    for i in range(len(space.stages)):
+        assert {f"s{i}.mixer", f"s{i}.depth", f"s{i}.width"} <= set(common)
+    for trial in baselines:  # the true hand design was evaluated; its parameters are its nearest encoding
+        assert trial.user_attrs["arch"] == trial.user_attrs["baseline_arch"]
+        assert space.encode(space.decode(trial.params, 10))[0] == trial.params

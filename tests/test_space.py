@@ -132,15 +132,54 @@ def test_unused_knobs_do_not_change_the_hash() -> None:
     space = load_space()
     a = space.sample(optuna.trial.FixedTrial(_fixed_params(space, "catm", keep=0.5)), 10)
     b = space.sample(optuna.trial.FixedTrial(_fixed_params(space, "catm", keep=0.75)), 10)
-    assert a.hash == b.hash
+    c = space.sample(optuna.trial.FixedTrial(_fixed_params(space, "glsra", keep=0.75)), 10)
+    assert a.hash == b.hash != c.hash
 
 
 def _fixed_params(space, mixer: str, keep: float) -> dict:
-    params = {"stem.width": 8, "s0.depth": 1, "s0.width": 16, "s0.expand": 4.0, "head.kind": "cas"}
-    for i in (1, 2, 3):
-        params |= {f"s{i}.mixer": mixer, f"s{i}.depth": 1, f"s{i}.width": space.stages[i].width[0],
-                   f"s{i}.downsample": "conv", f"s{i}.keep_ratio": keep}
+    params = {name: values[0] for name, values in space.knobs().items()}
+    for i in (2, 3):
+        params |= {f"s{i}.mixer": mixer, f"s{i}.keep_ratio": keep}
     return params
+
+
+def test_every_knob_is_suggested_on_every_trial() -> None:
+    """The relative samplers see only parameters every trial has: each knob of each stage is one."""
+    space = load_space()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(12):
+        trial = study.ask()
+        space.sample(trial, num_classes=10)
+        study.tell(trial, 0.0)
+    common = optuna.search_space.intersection_search_space(study.get_trials())
+    assert set(common) == set(space.knobs())
+    for i in range(len(space.stages)):
+        assert {f"s{i}.mixer", f"s{i}.depth", f"s{i}.width", f"s{i}.head_dim", f"s{i}.keep_ratio"} <= set(common)
+
+
+def test_encode_round_trips_sampled_archs_and_projects_baselines() -> None:
+    from nas.baselines import FAMILIES, WIDTH_LADDER
+
+    space = load_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(20):
+        arch = space.sample(study.ask(), num_classes=10)
+        params, exact = space.encode(arch)
+        assert exact and space.decode(params, 10) == arch
+    knobs = space.knobs()
+    for family, build in FAMILIES.items():
+        for scale in WIDTH_LADDER:
+            arch = build(scale, 10)
+            params, exact = space.encode(arch)
+            assert set(params) == set(knobs) and all(params[k] in knobs[k] for k in params), family
+            assert not exact  # none of the hand designs lies in the default space (see enqueue_baselines)
+            projected = space.sample(optuna.trial.FixedTrial(params), 10)  # a valid, buildable point
+            assert projected == space.decode(params, 10)
+    cas = FAMILIES["casvit"](0.25, 10)
+    params, _ = space.encode(cas)
+    assert [params[f"s{i}.width"] for i in range(4)] == [16, 24, 48, 96]  # 16, 16, 32, 56 -> nearest allowed
+    assert [params[f"s{i}.mixer"] for i in range(4)] == ["mbconv", "catm", "catm", "catm"]  # s0: mbconv only
 
 
 def test_arch_file_rejects_choices(tmp_path: Path) -> None:
