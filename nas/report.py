@@ -22,25 +22,23 @@ from nas.errors import UserError, run_cli
 from nas.runs import atomic_write, read_config, resolve_run, save_winner
 
 CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
-               "precision", "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "params_m", "seconds",
-               "fail_reason")
+               "precision", "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "stop_reason",
+               "params_m", "seconds", "fail_reason")
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and trial.user_attrs.get("constraint", 1.0) <= 0
+    """Within budget, read from Optuna's constraint (the only record of it; <= 0 is feasible)."""
+    constraints = trial.constraints
+    return trial.state == TrialState.COMPLETE and bool(constraints) and all(v <= 0 for v in constraints.values())
 
 
 def is_trained(trial: FrozenTrial) -> bool:
     return is_feasible(trial) and bool(trial.user_attrs.get("trained"))
 
 
-def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trained, feasible trials not dominated in (accuracy up, latency down), by latency."""
-    candidates = [t for t in trials if is_trained(t)]
-    front = [t for t in candidates
-             if not any(o.values[0] >= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
-                        for o in candidates)]
-    return sorted(front, key=lambda t: t.values[1])
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Optuna's own front (`study.best_trials`: feasible by the stored constraint), trained, by latency."""
+    return sorted((t for t in study.best_trials if is_trained(t)), key=lambda t: t.values[1])
 
 
 def _row(trial: FrozenTrial) -> dict[str, Any]:
@@ -62,7 +60,8 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "feasible": is_feasible(trial) if done else "",
         "trained": bool(attrs.get("trained")),
         "stopped_early": bool(attrs.get("stopped_early")),
-        "epochs_run": len(attrs.get("curve", [])),
+        "epochs_run": attrs.get("epochs", len(attrs.get("curve", []))),
+        "stop_reason": attrs.get("stop_reason", ""),
         "params_m": round(attrs["params_m"], 3) if "params_m" in attrs else "",
         "seconds": round(attrs.get("seconds", 0.0), 1),
         "fail_reason": fail_reason(trial) if trial.state == TrialState.FAIL else "",
@@ -160,6 +159,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
         f"- proxy training {config['epochs']} epochs at {config['proxy_resolution']}px on "
         f"{config['data'] or 'mnist'} ({config['num_classes']} classes); sampler {config['sampler']}, seed "
         f"{config['seed']}",
+        _halving_line(config, complete),
         f"- trials: {len(trials)} ({', '.join(f'{k.lower()} {v}' for k, v in states.items() if v)}); "
         f"within budget: {sum(is_feasible(t) for t in complete)}, over budget: "
         f"{sum(not is_feasible(t) for t in complete)}",
@@ -192,6 +192,18 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
     lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<rank>-<hash>/ "
               "(arch.yaml, weights.pt, metrics.json), study.db (open with optuna-dashboard).", ""]
     return "\n".join(lines)
+
+
+def _halving_line(config: dict[str, Any], complete: list[FrozenTrial]) -> str:
+    from nas.fidelity import rungs
+
+    schedule = rungs(config["epochs"], config.get("min_epochs", config["epochs"]), config.get("eta", 3))
+    stopped = sum(bool(t.user_attrs.get("stopped_early")) for t in complete)
+    trained = sum(bool(t.user_attrs.get("trained")) for t in complete)
+    if not schedule:
+        return f"- successive halving: off (every trained trial gets all {config['epochs']} epochs)"
+    return (f"- successive halving: rungs after epoch {', '.join(map(str, schedule))} (eta {config.get('eta', 3)}); "
+            f"{stopped} of {trained} trained trials stopped at a rung")
 
 
 def export_winners(run_dir: Path, front: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
@@ -239,7 +251,7 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     config = read_config(run_dir)
     budget_ms = budget_ms if budget_ms is not None else config["budget_ms"]
     trials = study.get_trials(deepcopy=False)
-    front = pareto_front(trials)
+    front = pareto_front(study)
     atomic_write(run_dir / "trials.csv", trials_csv(trials))
     pareto_png(run_dir / ".pareto.png.tmp.png", trials, front, budget_ms)
     faults.point("report")

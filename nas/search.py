@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from nas.cli import Parser, positive_float, positive_int
 from nas.errors import UserError, run_cli
+from nas.identity import RunIdentity, check_identity, read_identity
 from nas.runs import RESULTS_DIR, atomic_write
 
 HEARTBEAT_SECONDS = 10
@@ -32,10 +33,7 @@ EXIT_FAILED = 1  # the search stopped on repeated trial failures
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
-# Settings that define a study; resuming with different ones would mix incomparable trials.
-IDENTITY_KEYS = ("budget_ms", "space_file", "space", "data", "proxy_resolution", "target_resolution",
-                 "backend", "precision", "threads", "epochs", "seed", "sampler", "limit", "machine")
-
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 def build_parser() -> Parser:
     from nas.latency import BACKENDS, DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
@@ -55,9 +53,14 @@ def build_parser() -> Parser:
                         "runtime; int8 quantizes each candidate with NNCF before timing)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for timing and training")
     p.add_argument("--epochs", type=positive_int, default=3, help="proxy training epochs (default 3)")
+    p.add_argument("--min-epochs", type=positive_int, default=1,
+                   help="first successive-halving rung: weak trials stop after this many epochs (default 1; "
+                        "--min-epochs equal to --epochs trains every trial fully)")
+    p.add_argument("--eta", type=positive_int, default=3,
+                   help="successive halving: rungs at min-epochs * eta^k, about 1/eta of a rung goes on (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=2e-3)
-    p.add_argument("--sampler", choices=("nsga2", "tpe"), default="nsga2")
+    p.add_argument("--sampler", choices=SAMPLERS, default="nsga2")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default sqlite:///<run>/study.db); e.g. a journal file for workers")
     p.add_argument("--study-name", default="search")
@@ -79,49 +82,52 @@ def run_directory(args: Any, space_name: str) -> Path:
     return results / f"{space_name}-{budget}ms-{args.backend}"
 
 
-def resolved_config(args: Any, space_file: Path, space: Any, threads: int, num_classes: int) -> dict[str, Any]:
-    from nas.latency import machine_id
+def run_identity(args: Any, space_file: Path, space: Any, threads: int, num_classes: int) -> RunIdentity:
+    """The run's identity from validated CLI settings (see nas.identity)."""
+    from dataclasses import asdict
 
-    return {
-        "budget_ms": args.budget_ms,
-        "space_file": str(space_file),
-        "space": space.model_dump(mode="json"),
-        "data": args.data,
-        "limit": args.limit,
-        "num_classes": num_classes,
-        "proxy_resolution": space.resolution.proxy,
-        "target_resolution": space.resolution.target,
-        "backend": args.backend,
-        "precision": args.precision,
-        "machine": machine_id(),
-        "threads": threads,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "sampler": args.sampler,
-        "seed": args.seed,
-        "study_name": args.study_name,
-        "trials": args.trials,
-        "timeout_s": args.timeout,
-    }
+    from pydantic import ValidationError
+
+    from nas.latency import MeasureSettings, machine_id
+
+    if args.eta < 2:
+        raise UserError(f"--eta: must be >= 2, got {args.eta}")
+    latency = MeasureSettings.quick() if args.quick_latency else MeasureSettings()
+    try:
+        return RunIdentity(
+            budget_ms=args.budget_ms, space_file=str(space_file), space=space.model_dump(mode="json"),
+            proxy_resolution=space.resolution.proxy, target_resolution=space.resolution.target, data=args.data,
+            limit=args.limit, num_classes=num_classes, seed=args.seed, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, min_epochs=min(args.min_epochs, args.epochs), eta=args.eta,
+            sampler=args.sampler, backend=args.backend, precision=args.precision, threads=threads,
+            latency_settings=asdict(latency), machine=machine_id())
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        raise UserError(f"run settings: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+
+
+def resolved_config(identity: RunIdentity, args: Any) -> dict[str, Any]:
+    """config.yaml: the identity, then what only says how much to do (not part of it)."""
+    return {**identity.model_dump(mode="json"), "study_name": args.study_name, "trials": args.trials,
+            "timeout_s": args.timeout}
 
 
 def check_resume(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume `run_dir` with any identity key changed (one line, exit 2)."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    previous = yaml.safe_load(path.read_text()) or {}
-    for key in IDENTITY_KEYS:
-        if key in previous and previous[key] != config[key]:
-            if key == "machine":
-                from nas.report import run_machine
+    check_identity(read_identity(path), config, str(path))
 
-                raise UserError(f"{path}: this run's latencies were measured on another machine "
-                                f"({run_machine(run_dir)}); latencies of different machines are not comparable: "
-                                "pass a new --run here")
-            shown = "<changed>" if key == "space" else f"{previous[key]!r} -> {config[key]!r}"
-            raise UserError(f"{path}: {key} differs from the run being resumed ({shown}); "
-                            "pass a new --run to start another search")
+
+def check_study_identity(study: optuna.Study, identity: RunIdentity) -> None:
+    """The same check against the study, for workers that share a storage but not a run directory."""
+    current = identity.model_dump(mode="json")
+    recorded = study.user_attrs.get("identity")
+    if recorded is None:
+        study.set_user_attr("identity", current)
+        return
+    # The machine is check_machine's (it names both machines); a space file's path may differ per worker.
+    skip = {"machine", "space_file"}
+    check_identity({k: v for k, v in recorded.items() if k not in skip}, current, f"study {study.study_name!r}")
 
 
 def check_machine(study: optuna.Study) -> None:
@@ -164,9 +170,13 @@ def environment(threads: int, backend: str, precision: str) -> dict[str, Any]:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """Both samplers read the latency constraint each trial sets with `trial.set_constraint`."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    """Optuna 5 samplers (all but random) read the latency constraint each trial sets with `trial.set_constraint`."""
+    if name == "tpe":  # constant_liar: parallel workers do not all propose the same point
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
 
 
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.data import load_dataset
     from nas.latency import LatencyCache, MeasureSettings, check_backend, check_precision, default_threads
     from nas.objective import Objective, TrialSettings
-    from nas.report import write_report
+    from nas.report import is_feasible, write_report
     from nas.space import DEFAULT_SPACE, load_space
 
     started = time.monotonic()
@@ -261,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or default_threads()
     splits = load_dataset(args.data, space.resolution.proxy, seed=args.seed, limit=args.limit)
     run_dir = run_directory(args, space.name)
-    config = resolved_config(args, space_file, space, threads, splits.num_classes)
+    identity = run_identity(args, space_file, space, threads, splits.num_classes)
+    config = resolved_config(identity, args)
     check_resume(run_dir, config)
     # Open the storage before writing anything: a refused invocation leaves an existing run untouched.
     storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
@@ -273,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                 directions=["maximize", "minimize"], load_if_exists=True,
                                 sampler=make_sampler(args.sampler, args.seed))
     check_machine(study)
+    check_study_identity(study, identity)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     atomic_write(run_dir / "environment.json",
                  json.dumps(environment(threads, args.backend, args.precision), indent=2))
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              checkpoints=run_dir / "checkpoints",
                              latency_settings=MeasureSettings.quick() if args.quick_latency else None,
-                             trials=args.trials)
+                             trials=args.trials, min_epochs=identity.min_epochs, eta=identity.eta)
     objective = Objective(space, splits, settings, LatencyCache(run_dir / "latency_cache.sqlite"))
     orphans = fail_orphaned_trials(study)
     if orphans and not args.quiet:
@@ -301,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome is not None:
         print(f"error: {outcome}", file=sys.stderr)
         return EXIT_FAILED
-    if done and not any(t.user_attrs.get("constraint", 1) <= 0 for t in done):
+    if done and not any(is_feasible(t) for t in done):
         # Not an error: the search ran; its answer is that nothing in the space meets the budget.
         fastest = min(t.values[1] for t in done)
         print(f"no feasible architecture: all {len(done)} completed trials exceed the {args.budget_ms:g} ms "
@@ -360,13 +372,11 @@ def optimize(study: optuna.Study, objective: Any, args: Any, seconds_left: float
 
 
 def best_so_far(study: optuna.Study) -> str:
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("trained") and t.user_attrs.get("constraint", 1) <= 0]
-    if not feasible:
+    front = study.best_trials  # Optuna's own front: feasible trials only, by the stored constraint
+    if not front:
         return "no feasible trial yet"
-    best = max(feasible, key=lambda t: t.values[0])
+    best = max(front, key=lambda t: t.values[0])
     return f"best {100 * best.values[0]:.1f}% @ {best.values[1]:.2f} ms"
-
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -73,6 +73,48 @@ def test_resume_with_other_budget_is_refused(finished_run: Path) -> None:
     assert "budget_ms differs" in out.stderr and out.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (["--lr", "1e-3"], "lr"),
+        (["--batch-size", "32"], "batch_size"),
+        (["--epochs", "2"], "epochs"),
+        (["--seed", "1"], "seed"),
+        (["--sampler", "tpe"], "sampler"),
+        (["--eta", "2"], "eta"),
+        (["--limit", "200"], "limit"),
+        (["--threads", "1"], "threads"),
+        (["--data", "digits"], "data"),
+        ([], "latency_settings"),  # resumed without --quick-latency: full timing settings
+    ],
+)
+def test_resume_with_a_changed_identity_key_is_refused(finished_run: Path, change: list[str], key: str) -> None:
+    files = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    fast = FAST if change else [a for a in FAST if a != "--quick-latency"]
+    out = subprocess.run([sys.executable, "-m", "nas.search", "--results", str(finished_run.parent), *fast,
+                          "--budget-ms", "1000", "--trials", "5", "--run", "e2e", *change],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr
+    assert f"{key} differs" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == files  # left untouched
+
+
+def test_run_identity_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from nas.identity import IDENTITY_KEYS, RunIdentity
+
+    assert {"budget_ms", "space", "data", "seed", "epochs", "lr", "batch_size", "latency_settings", "sampler",
+            "backend", "precision", "threads", "machine", "limit"} <= set(IDENTITY_KEYS)
+    good = dict(budget_ms=5.0, space_file="s.yaml", space={}, proxy_resolution=64, target_resolution=224, data=None,
+                limit=None, num_classes=10, seed=0, epochs=3, batch_size=64, lr=2e-3, min_epochs=1, eta=3,
+                sampler="nsga2", backend="openvino", precision="fp32", threads=2, latency_settings={}, machine="m")
+    RunIdentity(**good)
+    for key, bad in (("budget_ms", -1.0), ("threads", 0), ("eta", 1), ("epochs", "3"), ("colour", "red")):
+        with pytest.raises(ValidationError):
+            RunIdentity(**{**good, key: bad})
+
+
 def test_over_budget_trials_are_never_trained(tmp_path: Path) -> None:
     out = search(tmp_path, "--budget-ms", "0.001", "--trials", "3", "--run", "tight")
     assert out.returncode == 0, out.stderr
