@@ -1,13 +1,20 @@
 """Datasets for proxy training: bundled MNIST / digits, CIFAR-10 python format, ImageFolder.
 
-Every source is decoded once, resized once to the proxy resolution and kept in memory as uint8
+Every source is decoded once, resized once to the requested resolution and kept in memory as uint8
 (1 channel for grayscale sources). Conversion to normalised float and the repeat to 3 channels
 happen per batch, so a 224-pixel MNIST costs 250 MB, not 3 GB. Nothing is cached on disk.
+
+Three splits, one rule: `train` fits weights; `val` takes every decision (early stop, rung
+promotion, winner selection, NNCF accuracy control); `test` is only reported. Which images land in
+which split depends on (source, seed, limit, fractions) only, never on the resolution, so every
+command that reloads a run's data at another resolution gets exactly the run's images
+(`Splits.manifest()` fingerprints them; a run records it and later commands check it).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,13 +40,17 @@ class ImageDataset(Dataset):
     gives a whole (B, 3, R, R) batch in one tensor operation (no per-sample Python work).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, mean: Tensor, std: Tensor,
+                 ids: Tensor | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images must be uint8 (N, 1|3, R, R), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels.to(torch.int64)
+        # Where each image came from in its source (row of the bundled array, index of the sorted
+        # file list, ...): the identity of the split, independent of the resolution.
+        self.ids = torch.arange(len(labels)) if ids is None else ids.to(torch.int64)
         # Folded into one affine map on 0..255 values: x_norm = x * scale + shift.
         self.mean, self.std = mean.float(), std.float()
         self._scale = (1.0 / (255.0 * self.std)).view(1, -1, 1, 1)
@@ -67,15 +78,22 @@ class ImageDataset(Dataset):
         return x.expand(-1, 3, -1, -1), self.labels[indices]
 
     def subset(self, indices: Tensor) -> ImageDataset:
-        return ImageDataset(self.images[indices], self.labels[indices], self.mean, self.std)
+        return ImageDataset(self.images[indices], self.labels[indices], self.mean, self.std, self.ids[indices])
+
+    def fingerprint(self) -> str:
+        """SHA-1 (12 hex) of the source ids and labels, in order."""
+        digest = hashlib.sha1(self.ids.numpy().astype("<i8").tobytes())
+        digest.update(self.labels.numpy().astype("<i8").tobytes())
+        return digest.hexdigest()[:12]
 
 
 @dataclass
 class Splits:
-    """Train and validation data of one source, normalised with the train split's statistics."""
+    """Train, validation and test data of one source, normalised with the train split's statistics."""
 
     train: ImageDataset
     val: ImageDataset
+    test: ImageDataset
     num_classes: int
     name: str
     class_names: tuple[str, ...] | None = None
@@ -84,9 +102,27 @@ class Splits:
     def resolution(self) -> int:
         return self.train.resolution
 
+    def manifest(self) -> dict[str, dict[str, int | str]]:
+        """Size and fingerprint of each split: equal manifests, equal images (at any resolution)."""
+        return {name: {"images": len(part), "sha1": part.fingerprint()}
+                for name, part in (("train", self.train), ("val", self.val), ("test", self.test))}
+
+    def class_labels(self) -> list[str]:
+        return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]
+
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
+
+
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class _Fractions:
+    val: float
+    test: float
 
 
 def load_dataset(
@@ -94,22 +130,26 @@ def load_dataset(
     resolution: int,
     *,
     seed: int = 0,
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     limit: int | None = None,
 ) -> Splits:
     """Load `source` ("mnist" (default), "digits", a CIFAR-10 python dir or an ImageFolder dir).
 
-    `limit` caps the total number of images (train + val), taken as a seeded stratified subset.
-    A source with its own validation part (CIFAR `test_batch`, ImageFolder `train/` + `val/`)
-    uses it; the others are split with a seeded stratified split of `val_fraction`.
+    `limit` caps the total number of images (train + val + test), taken as a seeded stratified
+    subset. A source with its own held-out part (CIFAR `test_batch`, ImageFolder `train/` +
+    `test/` or `val/`) uses it as the test split and splits val off its training part; an
+    ImageFolder with `train/`, `val/` and `test/` uses all three; the others get a seeded,
+    stratified three-way split (`val_fraction`, `test_fraction` of the images).
     """
-    _check_args(resolution, val_fraction, limit)
+    _check_args(resolution, val_fraction, test_fraction, limit)
+    fractions = _Fractions(val_fraction, test_fraction)
     name = "mnist" if source is None else str(source)
     if name.lower() in BUILTIN_SOURCES:
         images, labels, class_names = _load_builtin(name.lower())
         return _split_and_build(name.lower(), images, labels, class_names, resolution,
-                                seed=seed, val_fraction=val_fraction, limit=limit)
-    return _load_directory(Path(name), resolution, seed=seed, val_fraction=val_fraction, limit=limit)
+                                seed=seed, fractions=fractions, limit=limit)
+    return _load_directory(Path(name), resolution, seed=seed, fractions=fractions, limit=limit)
 
 
 def batches(
@@ -184,7 +224,7 @@ def _load_builtin(name: str) -> tuple[Tensor, Tensor, tuple[str, ...]]:
 # Directories: CIFAR-10 python format or ImageFolder
 
 
-def _load_directory(root: Path, resolution: int, *, seed: int, val_fraction: float,
+def _load_directory(root: Path, resolution: int, *, seed: int, fractions: _Fractions,
                     limit: int | None) -> Splits:
     if not root.exists():
         raise DataError(f"{root}: no such file or directory, and not a built-in dataset "
@@ -196,8 +236,8 @@ def _load_directory(root: Path, resolution: int, *, seed: int, val_fraction: flo
     if (root / "cifar-10-batches-py").is_dir():  # the parent of the extracted archive
         root = root / "cifar-10-batches-py"
     if _is_cifar_dir(root):
-        return _load_cifar(root, resolution, seed=seed, val_fraction=val_fraction, limit=limit)
-    return _load_image_folder(root, resolution, seed=seed, val_fraction=val_fraction, limit=limit)
+        return _load_cifar(root, resolution, seed=seed, fractions=fractions, limit=limit)
+    return _load_image_folder(root, resolution, seed=seed, fractions=fractions, limit=limit)
 
 
 def _is_cifar_dir(root: Path) -> bool:
@@ -257,7 +297,7 @@ def _cifar_class_names(root: Path, num_labels: int) -> tuple[str, ...] | None:
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
 
-def _load_cifar(root: Path, resolution: int, *, seed: int, val_fraction: float,
+def _load_cifar(root: Path, resolution: int, *, seed: int, fractions: _Fractions,
                 limit: int | None) -> Splits:
     files = sorted(root.glob("data_batch_*"), key=lambda p: p.name)
     if not files:
@@ -269,11 +309,11 @@ def _load_cifar(root: Path, resolution: int, *, seed: int, val_fraction: float,
     if not test_path.is_file():
         names = _cifar_class_names(root, num_labels)
         return _split_and_build(root, images, labels, names, resolution,
-                                seed=seed, val_fraction=val_fraction, limit=limit)
-    val_images, val_labels = _read_cifar_batch(test_path)
-    names = _cifar_class_names(root, max(num_labels, int(val_labels.max()) + 1))
-    return _build_given_split(root, (images, labels), (val_images, val_labels), names, resolution,
-                              seed=seed, val_fraction=val_fraction, limit=limit)
+                                seed=seed, fractions=fractions, limit=limit)
+    test_images, test_labels = _read_cifar_batch(test_path)
+    names = _cifar_class_names(root, max(num_labels, int(test_labels.max()) + 1))
+    return _build_given_test(root, (images, labels), (test_images, test_labels), names, resolution,
+                             seed=seed, fractions=fractions, limit=limit)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -326,51 +366,75 @@ def _decode_image(path: Path, resolution: int) -> Tensor:
     return x[0, :, top:top + resolution, left:left + resolution]
 
 
-def _load_image_folder(root: Path, resolution: int, *, seed: int, val_fraction: float,
+def _load_image_folder(root: Path, resolution: int, *, seed: int, fractions: _Fractions,
                        limit: int | None) -> Splits:
-    # A root holding train/ and val/ (or test/) trees uses them as the split.
-    held_out = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and held_out is not None and _class_dirs(root / "train"):
-        return _load_image_folder_pair(root, root / "train", held_out, resolution,
-                                       seed=seed, val_fraction=val_fraction, limit=limit)
+    # A root holding train/ plus test/ and/or val/ trees uses them (the held-out tree is the test split).
+    if (root / "train").is_dir() and _class_dirs(root / "train"):
+        held = {n: root / n for n in ("val", "test") if (root / n).is_dir()}
+        if held:
+            return _load_image_folder_trees(root, held, resolution, seed=seed, fractions=fractions, limit=limit)
     files, labels, names = _scan_image_folder(root)
-    if limit is not None and limit < len(files):
-        keep = np.sort(_stratified_pick(labels, limit, seed))
-        files, labels = [files[i] for i in keep], labels[keep]
+    ids = np.arange(len(files))
+    if limit is not None and limit < len(files):  # decode only what is kept
+        ids = np.sort(_stratified_pick(labels, limit, seed))
+        files, labels = [files[i] for i in ids], labels[ids]
     images = torch.stack([_decode_image(f, resolution) for f in files])
     return _split_and_build(root, images, torch.from_numpy(labels), names, resolution,
-                            seed=seed, val_fraction=val_fraction, limit=None)
+                            seed=seed, fractions=fractions, limit=None, ids=torch.from_numpy(ids))
 
 
-def _load_image_folder_pair(root: Path, train_dir: Path, val_dir: Path, resolution: int, *, seed: int,
-                            val_fraction: float, limit: int | None) -> Splits:
-    train_files, train_labels, names = _scan_image_folder(train_dir)
-    val_files, val_raw, val_names = _scan_image_folder(val_dir)
-    unknown = sorted(set(val_names) - set(names))
+def _scan_with_classes(folder: Path, train_dir: Path, names: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
+    """An ImageFolder tree whose labels follow the class order of `train_dir`."""
+    files, raw, tree_names = _scan_image_folder(folder)
+    unknown = sorted(set(tree_names) - set(names))
     if unknown:
-        raise DataError(f"{val_dir}: classes {unknown} do not appear in {train_dir}")
+        raise DataError(f"{folder}: classes {unknown} do not appear in {train_dir}")
     index = {n: i for i, n in enumerate(names)}
-    val_labels = np.asarray([index[val_names[i]] for i in val_raw], dtype=np.int64)
-    n_train, n_val = _limit_counts(limit, val_fraction, len(train_files), len(val_files))
-    keep_t = np.sort(_stratified_pick(train_labels, n_train, seed))
-    keep_v = np.sort(_stratified_pick(val_labels, n_val, seed))
-    train = torch.stack([_decode_image(train_files[i], resolution) for i in keep_t])
-    val = torch.stack([_decode_image(val_files[i], resolution) for i in keep_v])
-    return _build(root, (train, torch.from_numpy(train_labels[keep_t])),
-                  (val, torch.from_numpy(val_labels[keep_v])), names, len(names), seed=seed)
+    return files, np.asarray([index[tree_names[i]] for i in raw], dtype=np.int64)
+
+
+def _load_image_folder_trees(root: Path, held: dict[str, Path], resolution: int, *, seed: int,
+                             fractions: _Fractions, limit: int | None) -> Splits:
+    train_dir = root / "train"
+    train_files, train_labels, names = _scan_image_folder(train_dir)
+    test_dir = held.get("test", held.get("val"))
+    assert test_dir is not None
+    test_files, test_labels = _scan_with_classes(test_dir, train_dir, names)
+    n_pool, n_test = _limit_counts(limit, fractions.test, len(train_files), len(test_files))
+    keep_test = np.sort(_stratified_pick(test_labels, n_test, seed))
+    test = (torch.stack([_decode_image(test_files[i], resolution) for i in keep_test]),
+            torch.from_numpy(test_labels[keep_test]), torch.from_numpy(keep_test))
+    if "val" in held and "test" in held:  # three trees: val is given too
+        val_files, val_labels = _scan_with_classes(held["val"], train_dir, names)
+        n_train, n_val = _limit_counts(None if limit is None else n_pool, fractions.val, len(train_files),
+                                       len(val_files))
+        keep_t = np.sort(_stratified_pick(train_labels, n_train, seed))
+        keep_v = np.sort(_stratified_pick(val_labels, n_val, seed))
+        train = (torch.stack([_decode_image(train_files[i], resolution) for i in keep_t]),
+                 torch.from_numpy(train_labels[keep_t]), torch.from_numpy(keep_t))
+        val = (torch.stack([_decode_image(val_files[i], resolution) for i in keep_v]),
+               torch.from_numpy(val_labels[keep_v]), torch.from_numpy(keep_v))
+        return _build(root, train, val, test, names, len(names), seed=seed)
+    keep = np.sort(_stratified_pick(train_labels, min(n_pool, len(train_files)), seed))
+    images = torch.stack([_decode_image(train_files[i], resolution) for i in keep])
+    return _split_pool(root, images, torch.from_numpy(train_labels[keep]), torch.from_numpy(keep), test, names,
+                       seed=seed, val_fraction=fractions.val / (1.0 - fractions.test))
 
 
 # --------------------------------------------------------------------------------------------
 # Splitting, resizing, normalising
 
 
-def _check_args(resolution: int, val_fraction: float, limit: int | None) -> None:
+def _check_args(resolution: int, val_fraction: float, test_fraction: float, limit: int | None) -> None:
     if not isinstance(resolution, int) or resolution < 4:
         raise UserError(f"resolution must be an integer >= 4, got {resolution!r}")
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
-    if limit is not None and limit < 2:
-        raise UserError(f"limit must be >= 2 images (one train, one val), got {limit!r}")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise UserError(f"{name} must be between 0 and 1 (exclusive), got {value!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    if limit is not None and limit < 3:
+        raise UserError(f"limit must be >= 3 images (one train, one val, one test), got {limit!r}")
 
 
 def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -391,16 +455,19 @@ def _interleaved_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return order[np.argsort(rank, kind="stable")]
 
 
-def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split; a class with one image stays in train."""
+def _stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Seeded per-class split into train plus one part per fraction; train keeps >= 1 image per class."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        n_val = min(len(members) - 1, round(len(members) * val_fraction))
-        val.append(members[:n_val])
-        train.append(members[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+        start = 0
+        for k, fraction in enumerate(fractions, start=1):
+            n = min(len(members) - 1 - start, round(len(members) * fraction))
+            parts[k].append(members[start:start + max(0, n)])
+            start += max(0, n)
+        parts[0].append(members[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
 
 
 def _limit_counts(limit: int | None, val_fraction: float, n_train: int, n_val: int) -> tuple[int, int]:
@@ -430,60 +497,75 @@ def _channel_stats(images: Tensor, max_images: int = 512) -> tuple[Tensor, Tenso
     return mean.float(), std.float()
 
 
+Part = tuple[Tensor, Tensor, Tensor]  # uint8 images, labels, source ids
+
+
 def _split_and_build(where: str | Path, images: Tensor, labels: Tensor, class_names: tuple[str, ...] | None,
-                     resolution: int, *, seed: int, val_fraction: float, limit: int | None) -> Splits:
-    """Seeded stratified (limit, then) train/val split of one pool of images; resize the kept ones."""
+                     resolution: int, *, seed: int, fractions: _Fractions, limit: int | None,
+                     ids: Tensor | None = None) -> Splits:
+    """Seeded stratified (limit, then) train/val/test split of one pool of images; resize the kept ones."""
+    ids = torch.arange(len(labels)) if ids is None else ids
     label_array = labels.numpy()
     if limit is not None and limit < len(label_array):
         keep = np.sort(_stratified_pick(label_array, limit, seed))
-        images, labels, label_array = images[keep], labels[keep], label_array[keep]
-    train_idx, val_idx = _stratified_split(label_array, val_fraction, seed)
-    if len(val_idx) == 0:
-        raise DataError(f"{where}: only {len(label_array)} images, too few to hold out a validation split")
+        images, labels, ids, label_array = images[keep], labels[keep], ids[keep], label_array[keep]
+    train_idx, val_idx, test_idx = _stratified_split(label_array, (fractions.val, fractions.test), seed)
+    if len(val_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"{where}: only {len(label_array)} images, too few to hold out validation and test splits")
     images = _resize(images, (resolution, resolution))
-    train = (images[train_idx], labels[train_idx])
-    val = (images[val_idx], labels[val_idx])
+    train, val, test = ((images[i], labels[i], ids[i]) for i in (train_idx, val_idx, test_idx))
     num_classes = len(class_names) if class_names else int(label_array.max()) + 1
-    return _build(where, train, val, class_names, num_classes, seed=seed)
+    return _build(where, train, val, test, class_names, num_classes, seed=seed)
 
 
-def _build_given_split(root: Path, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-                       class_names: tuple[str, ...] | None, resolution: int, *, seed: int,
-                       val_fraction: float, limit: int | None) -> Splits:
-    """Sources that ship their own validation part: limit each part in proportion, resize."""
-    n_train, n_val = _limit_counts(limit, val_fraction, len(train[1]), len(val[1]))
-    keep_t = torch.from_numpy(np.sort(_stratified_pick(train[1].numpy(), n_train, seed)))
-    keep_v = torch.from_numpy(np.sort(_stratified_pick(val[1].numpy(), n_val, seed)))
+def _split_pool(where: str | Path, images: Tensor, labels: Tensor, ids: Tensor, test: Part,
+                class_names: tuple[str, ...] | None, *, seed: int, val_fraction: float) -> Splits:
+    """Train/val split of a pool (already resized) whose test split is given."""
+    train_idx, val_idx = _stratified_split(labels.numpy(), (val_fraction,), seed)
+    if len(val_idx) == 0:
+        raise DataError(f"{where}: only {len(labels)} training images, too few to hold out a validation split")
+    train, val = ((images[i], labels[i], ids[i]) for i in (train_idx, val_idx))
+    num_classes = len(class_names) if class_names else int(max(labels.max(), test[1].max())) + 1
+    return _build(where, train, val, test, class_names, num_classes, seed=seed)
+
+
+def _build_given_test(root: Path, pool: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+                      class_names: tuple[str, ...] | None, resolution: int, *, seed: int,
+                      fractions: _Fractions, limit: int | None) -> Splits:
+    """Sources that ship their own held-out part (the test split): limit in proportion, resize, split val off."""
+    n_pool, n_test = _limit_counts(limit, fractions.test, len(pool[1]), len(test[1]))
+    keep_p = torch.from_numpy(np.sort(_stratified_pick(pool[1].numpy(), n_pool, seed)))
+    keep_t = torch.from_numpy(np.sort(_stratified_pick(test[1].numpy(), n_test, seed)))
     size = (resolution, resolution)
-    train = (_resize(train[0][keep_t], size), train[1][keep_t])
-    val = (_resize(val[0][keep_v], size), val[1][keep_v])
-    num_classes = len(class_names) if class_names else int(max(train[1].max(), val[1].max())) + 1
-    return _build(root, train, val, class_names, num_classes, seed=seed)
+    test_part = (_resize(test[0][keep_t], size), test[1][keep_t], keep_t)
+    return _split_pool(root, _resize(pool[0][keep_p], size), pool[1][keep_p], keep_p, test_part, class_names,
+                       seed=seed, val_fraction=fractions.val / (1.0 - fractions.test))
 
 
-def _build(where: str | Path, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor],
-           class_names: tuple[str, ...] | None, num_classes: int, *, seed: int) -> Splits:
-    """Check the splits are usable and normalise both with the train split's statistics.
+def _build(where: str | Path, train: Part, val: Part, test: Part, class_names: tuple[str, ...] | None,
+           num_classes: int, *, seed: int) -> Splits:
+    """Check the splits are usable and normalise all three with the train split's statistics.
 
-    Both splits are stored in a seeded class-interleaved order: sources are often sorted by class
+    Every split is stored in a seeded class-interleaved order: sources are often sorted by class
     (the bundled MNIST is), and callers take "the first N validation images" for quick checks.
     """
     present = torch.unique(train[1])
     if len(present) < 2:
         raise DataError(f"{where}: only one class ({_class_label(class_names, present)}); "
                         f"classification needs at least 2")
-    if len(val[1]) == 0:
-        raise DataError(f"{where}: validation split is empty")
-    train, val = (_interleave(*split, seed) for split in (train, val))
+    for name, part in (("validation", val), ("test", test)):
+        if len(part[1]) == 0:
+            raise DataError(f"{where}: {name} split is empty")
+    train, val, test = (_interleave(*part, seed) for part in (train, val, test))
     mean, std = _channel_stats(train[0])
     name = where if isinstance(where, str) else where.as_posix()
-    return Splits(ImageDataset(*train, mean, std), ImageDataset(*val, mean, std), num_classes, name,
-                  class_names)
+    datasets = (ImageDataset(images, labels, mean, std, ids) for images, labels, ids in (train, val, test))
+    return Splits(*datasets, num_classes, name, class_names)
 
 
-def _interleave(images: Tensor, labels: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+def _interleave(images: Tensor, labels: Tensor, ids: Tensor, seed: int) -> Part:
     order = torch.from_numpy(_interleaved_order(labels.numpy(), seed))
-    return images[order], labels[order]
+    return images[order], labels[order], ids[order]
 
 
 def _class_label(class_names: tuple[str, ...] | None, present: Tensor) -> str:

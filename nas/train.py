@@ -8,10 +8,13 @@ fine-tuning, and compression reuses `evaluate`. Each epoch holds the machine-wid
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 
 from nas import machine_lock
 from nas.data import ImageDataset, Splits, batches
+from nas.errors import UserError
 from nas.threads import torch_threads
 
 
@@ -40,6 +44,7 @@ class TrainResult:
     seconds: float  # wall time of the whole run, lock waits included
     stopped_early: bool
     train_loss: list[float] = field(default_factory=list)  # mean training loss per epoch
+    test_curve: list[float] = field(default_factory=list)  # test top-1 per epoch (reported only), if asked
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,18 @@ def train_proxy(
     distill_temperature: float = 4.0,
     on_epoch: Callable[[int, float], bool | None] | None = None,
     progress: bool = False,
+    report_test: bool = False,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train `model` in place on `splits.train`; validate on `splits.val` after every epoch.
 
     `on_epoch(epoch_index, val_acc)` runs after each epoch, outside the machine lock (it may
     measure latency); returning False stops the run (`stopped_early`), None or True continues.
     With `teacher`, the loss is (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T).
+    `report_test` also measures `splits.test` after each epoch (`test_curve`: reported, never
+    used to decide anything). With `checkpoint`, the full training state (weights, optimizer,
+    schedule, curves) is saved there atomically after every epoch, and a run started with an
+    existing checkpoint continues after its last completed epoch.
     Raises TrainingDiverged as soon as the loss, gradient norm or weights are not finite.
     """
     if epochs < 1 or batch_size < 1:
@@ -95,23 +106,62 @@ def train_proxy(
         optimizer = _make_optimizer(model, lr, weight_decay)
         warmup_steps = round(warmup_epochs * steps_per_epoch)
         scheduler = _cosine_schedule(optimizer, epochs * steps_per_epoch, warmup_steps)
-        curve: list[float] = []
-        losses: list[float] = []
+        curves: dict[str, list[float]] = {"val": [], "test": [], "loss": []}
+        first = _resume(checkpoint, model, optimizer, scheduler, curves, epochs)
         stopped = False
-        for epoch in range(epochs):
+        for epoch in range(first, epochs):
             with machine_lock.training():
                 loss = _train_epoch(model, splits, optimizer, scheduler, epoch=epoch, batch_size=batch_size,
                                     seed=_epoch_seed(seed, epoch), label_smoothing=label_smoothing,
                                     grad_clip=grad_clip, distill=distill,
                                     desc=f"epoch {epoch + 1}/{epochs}" if progress else None)
                 _check_weights(model, epoch)
-                curve.append(evaluate(model, splits.val, batch_size=max(256, batch_size)))
-            losses.append(loss)
-            if on_epoch is not None and on_epoch(epoch, curve[-1]) is False:
+                curves["val"].append(evaluate(model, splits.val, batch_size=max(256, batch_size)))
+                if report_test:
+                    curves["test"].append(evaluate(model, splits.test, batch_size=max(256, batch_size)))
+            curves["loss"].append(loss)
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, curves, epoch, epochs)
+            if on_epoch is not None and on_epoch(epoch, curves["val"][-1]) is False:
                 stopped = epoch + 1 < epochs
                 break
+    curve = curves["val"]
+    if not curve:
+        raise ValueError(f"no epoch to run: the checkpoint {checkpoint} already holds {epochs} epochs")
     return TrainResult(accuracy=curve[-1], best_accuracy=max(curve), curve=curve, epochs_run=len(curve),
-                       seconds=time.perf_counter() - start, stopped_early=stopped, train_loss=losses)
+                       seconds=time.perf_counter() - start, stopped_early=stopped, train_loss=curves["loss"],
+                       test_curve=curves["test"])
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, curves: dict[str, list[float]],
+                     epoch: int, epochs: int) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "curves": curves, "epoch": epoch, "epochs": epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.LRScheduler, curves: dict[str, list[float]], epochs: int) -> int:
+    """Load a checkpoint written by `_save_checkpoint` into the live objects; the first epoch to run."""
+    if path is None or not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as exc:  # truncated or foreign file: the user's to remove, not ours to overwrite
+        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__}); "
+                        "delete it to start over") from None
+    if state["epochs"] != epochs:
+        raise UserError(f"{path}: a run of {state['epochs']} epochs; resume it with --epochs {state['epochs']} "
+                        "or delete it to start over")
+    curves.update({k: list(v) for k, v in state["curves"].items()})
+    return int(state["epoch"]) + 1
 
 
 def evaluate(model: nn.Module, data: ImageDataset | Iterable[tuple[Tensor, Tensor]],
@@ -261,3 +311,83 @@ def _check_weights(model: nn.Module, epoch: int) -> None:
 
 
 __all__ = ["TrainResult", "TrainingDiverged", "evaluate", "seed_everything", "train_proxy"]
+
+
+# --------------------------------------------------------------------------------------------
+# python -m nas.train: final training of a run's winners at the target resolution (nas.final)
+
+
+def build_parser() -> Any:
+    from nas.cli import Parser, positive_float, positive_int
+    from nas.final import DEFAULT_EPOCHS, DEFAULT_MAX_MINUTES
+
+    p = Parser(prog="python -m nas.train",
+               description="Final training of a search run's winner at the target resolution (resumable).")
+    p.add_argument("--run", default=None, help="run directory or name under results/ (default: the latest run)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--winner", type=positive_int, default=None, help="winner rank (default: 1, the best)")
+    which.add_argument("--top", type=positive_int, default=None,
+                       help="train the K best winners and every baseline, then report the proxy's Kendall tau")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help=f"epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--init", choices=("proxy", "scratch"), default="proxy",
+                   help="start from the proxy weights (default) or from a fresh initialisation")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 1e-3 from proxy "
+                                                                     "weights, the run's --lr from scratch)")
+    p.add_argument("--threads", type=positive_int, default=None, help="training threads (default: the run's)")
+    p.add_argument("--max-minutes", type=positive_float, default=DEFAULT_MAX_MINUTES,
+                   help=f"stop after the epoch that would overrun this (default {DEFAULT_MAX_MINUTES:g})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from nas import final
+    from nas.runs import read_config, resolve_run
+
+    args = build_parser().parse_args(argv)
+    run_dir = resolve_run(args.run)
+    config = read_config(run_dir)
+    chosen = (final.candidates(run_dir, args.top, config) if args.top
+              else [final.winner_candidate(run_dir, args.winner)])
+    lr = args.lr or (1e-3 if args.init == "proxy" else float(config.get("lr") or 2e-3))
+    for candidate in chosen:
+        if not args.quiet:
+            print(f"final training of {candidate.label} ({candidate.arch.hash}) at "
+                  f"{config.get('target_resolution')} px from {args.init} weights, {args.epochs} epochs ...",
+                  flush=True)
+        metrics = final.train_final(run_dir, candidate, epochs=args.epochs, init=args.init, batch_size=args.batch_size,
+                                    lr=lr, threads=args.threads or config.get("threads"),
+                                    max_minutes=args.max_minutes, progress=not args.quiet)
+        note = " (already trained)" if metrics.get("already_done") else ""
+        print(f"{candidate.label}: val {100 * metrics['val_accuracy']:.2f}%, "
+              f"test {100 * metrics['test_accuracy']:.2f}% "
+              f"at {metrics['resolution']} px after {metrics['epochs_run']} epoch(s){note} -> "
+              f"{final.final_dir(run_dir, candidate.arch.hash)}")
+    data = final.fidelity(run_dir)
+    if data is not None:
+        from nas.runs import atomic_write
+
+        atomic_write(run_dir / final.FINAL_DIR / "fidelity.json", json.dumps(data, indent=2) + "\n")
+        if args.top and data["kendall_tau"] is not None:
+            print(f"proxy fidelity: Kendall tau {data['kendall_tau']:.2f} over {len(data['candidates'])} candidates")
+    _refresh_summary(run_dir)
+    return 0
+
+
+def _refresh_summary(run_dir: Path) -> None:
+    """Rewrite the run's report so summary.md shows the final accuracies (skipped without a study.db)."""
+    if (run_dir / "study.db").is_file():
+        from nas.report import main as report_main
+
+        report_main(["--run", str(run_dir)])
+
+
+if __name__ == "__main__":
+    import sys
+
+    from nas.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -68,10 +68,11 @@ def mnist() -> Splits:
 def test_mnist_shapes_dtype_classes(mnist: Splits) -> None:
     assert mnist.name == "mnist" and mnist.num_classes == 10 and mnist.resolution == 16
     assert mnist.class_names == tuple(str(i) for i in range(10))
-    assert (len(mnist.train), len(mnist.val)) == (4000, 1000)
+    assert (len(mnist.train), len(mnist.val), len(mnist.test)) == (3500, 750, 750)
     # Stored small: one uint8 channel at the target resolution.
-    assert mnist.train.images.dtype == torch.uint8 and mnist.train.images.shape == (4000, 1, 16, 16)
-    assert np.bincount(mnist.val.labels.numpy()).tolist() == [100] * 10  # stratified
+    assert mnist.train.images.dtype == torch.uint8 and mnist.train.images.shape == (3500, 1, 16, 16)
+    assert np.bincount(mnist.val.labels.numpy()).tolist() == [75] * 10  # stratified
+    assert np.bincount(mnist.test.labels.numpy()).tolist() == [75] * 10
     # The source is sorted by class; the splits are not: any prefix is class-balanced.
     assert np.bincount(mnist.val.labels[:50].numpy()).tolist() == [5] * 10
     x, y = mnist.train.batch(torch.arange(512))
@@ -89,20 +90,30 @@ def test_mnist_split_is_deterministic_by_seed(mnist: Splits) -> None:
     assert torch.equal(again.val.images, mnist.val.images)
     assert torch.equal(again.train.labels, mnist.train.labels)
     assert not torch.equal(other.val.images, mnist.val.images)
-    # Train and val never share an image row of the source.
+    # The three splits never share a source image.
+    ids = [set(part.ids.tolist()) for part in (mnist.train, mnist.val, mnist.test)]
+    assert sum(map(len, ids)) == 5000 and len(set().union(*ids)) == 5000
     train_rows = {bytes(r) for r in mnist.train.images.flatten(1).numpy()}
     assert not any(bytes(r) in train_rows for r in mnist.val.images.flatten(1).numpy()[:200])
 
 
+def test_splits_do_not_depend_on_the_resolution(mnist: Splits) -> None:
+    """Later commands reload a run's data at another resolution: same images in every split."""
+    bigger = load_dataset(None, 40)
+    assert bigger.manifest() == mnist.manifest()
+    assert torch.equal(bigger.test.labels, mnist.test.labels)
+    assert load_dataset(None, 16, seed=1).manifest()["test"] != mnist.manifest()["test"]
+
+
 def test_limit_takes_a_stratified_subset() -> None:
-    splits = load_dataset(None, 12, limit=200, val_fraction=0.25)
-    assert (len(splits.train), len(splits.val)) == (150, 50)
-    assert np.bincount(splits.train.labels.numpy()).tolist() == [15] * 10
+    splits = load_dataset(None, 12, limit=200, val_fraction=0.25, test_fraction=0.25)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (100, 50, 50)
+    assert np.bincount(splits.train.labels.numpy()).tolist() == [10] * 10
 
 
 def test_digits_loads() -> None:
     splits = load_dataset("digits", 8)
-    assert splits.num_classes == 10 and len(splits.train) + len(splits.val) == 1797
+    assert splits.num_classes == 10 and len(splits.train) + len(splits.val) + len(splits.test) == 1797
     assert splits.train.images.shape[1:] == (1, 8, 8)
     assert int(splits.train.images.max()) == 255  # 0..16 rescaled to 0..255
 
@@ -111,26 +122,27 @@ def test_digits_loads() -> None:
 # CIFAR-10 python format
 
 
-def test_cifar_dir_uses_test_batch_as_val(tmp_path: Path) -> None:
+def test_cifar_dir_uses_test_batch_as_test(tmp_path: Path) -> None:
     root = write_cifar_dir(tmp_path / "cifar")
-    splits = load_dataset(str(root), 24)
-    assert (len(splits.train), len(splits.val)) == (60, 20)
+    splits = load_dataset(str(root), 24, val_fraction=0.15, test_fraction=0.15)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (50, 10, 20)  # val: 1 of 6 per class
     assert splits.class_names is not None and splits.class_names[3] == "cat"
-    assert splits.num_classes == 10 and splits.train.images.shape == (60, 3, 24, 24)
-    x, _ = splits.val.batch(torch.arange(4))
+    assert splits.num_classes == 10 and splits.train.images.shape == (50, 3, 24, 24)
+    x, _ = splits.test.batch(torch.arange(4))
     assert x.shape == (4, 3, 24, 24) and not torch.equal(x[:, 0], x[:, 1])
 
 
 def test_cifar_dir_without_test_batch_is_split(tmp_path: Path) -> None:
     root = write_cifar_dir(tmp_path / "cifar", batches_n=(50,), test_n=None)
-    splits = load_dataset(str(root), 32, val_fraction=0.2)
-    assert (len(splits.train), len(splits.val)) == (40, 10)
+    splits = load_dataset(str(root), 32, val_fraction=0.2, test_fraction=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 10)
     assert splits.train.images.shape[1:] == (3, 32, 32)
 
 
 def test_cifar_parent_of_extracted_archive(tmp_path: Path) -> None:
     write_cifar_dir(tmp_path / "cifar-10-batches-py")
-    assert len(load_dataset(str(tmp_path), 32, limit=40).train) == 32
+    splits = load_dataset(str(tmp_path), 32, limit=40)
+    assert len(splits.train) + len(splits.val) == 34 and len(splits.test) == 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,9 +151,9 @@ def test_cifar_parent_of_extracted_archive(tmp_path: Path) -> None:
 
 def test_image_folder_loads_png_and_jpeg(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "imgs", {"cat": 10, "dog": 10, "emu": 5})
-    splits = load_dataset(str(root), 16, val_fraction=0.2)
+    splits = load_dataset(str(root), 16, val_fraction=0.2, test_fraction=0.2)
     assert splits.class_names == ("cat", "dog", "emu") and splits.num_classes == 3
-    assert (len(splits.train), len(splits.val)) == (20, 5)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, 5)
     assert splits.train.images.shape[1:] == (3, 16, 16)
     # Classes were drawn with different brightness: the class mean survives decoding/resizing.
     means = [float(splits.train.images[splits.train.labels == c].float().mean()) for c in range(3)]
@@ -152,17 +164,27 @@ def test_image_folder_limit_and_hidden_files(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "imgs", {"a": 20, "b": 20})
     (root / "a" / "._0.png").write_bytes(b"AppleDouble junk, not an image")
     (root / ".DS_Store").write_bytes(b"junk")
-    splits = load_dataset(root, 8, limit=10)
-    assert (len(splits.train), len(splits.val)) == (8, 2)
-    assert sorted(splits.val.labels.tolist()) == [0, 1]
+    splits = load_dataset(root, 8, limit=10, val_fraction=0.2, test_fraction=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 2)
+    assert sorted(splits.val.labels.tolist()) == [0, 1] == sorted(splits.test.labels.tolist())
 
 
 def test_image_folder_train_val_layout(tmp_path: Path) -> None:
+    """train/ + val/ trees: the held-out tree is the test split; val is split off train."""
     write_image_folder(tmp_path / "train", {"a": 6, "b": 6})
     write_image_folder(tmp_path / "val", {"b": 2, "a": 3})
+    splits = load_dataset(str(tmp_path), 8, val_fraction=0.15, test_fraction=0.15)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (10, 2, 5)
+    assert sorted(splits.test.labels.tolist()) == [0, 0, 0, 1, 1]  # "a" is 0 in both trees
+
+
+def test_image_folder_train_val_test_layout(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "train", {"a": 6, "b": 6})
+    write_image_folder(tmp_path / "val", {"b": 2, "a": 2})
+    write_image_folder(tmp_path / "test", {"a": 3, "b": 1})
     splits = load_dataset(str(tmp_path), 8)
-    assert (len(splits.train), len(splits.val)) == (12, 5)
-    assert sorted(splits.val.labels.tolist()) == [0, 0, 0, 1, 1]  # "a" is 0 in both trees
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 4)
+    assert sorted(splits.test.labels.tolist()) == [0, 0, 0, 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +291,8 @@ def test_pickle_cannot_run_code(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("kwargs", [{"resolution": 0}, {"val_fraction": 1.0}, {"limit": 1}])
+@pytest.mark.parametrize("kwargs", [{"resolution": 0}, {"val_fraction": 1.0}, {"limit": 2},
+                                    {"val_fraction": 0.5, "test_fraction": 0.5}])
 def test_bad_arguments_are_user_errors(kwargs: dict) -> None:
     args = {"resolution": 16} | kwargs
     with pytest.raises(UserError):
@@ -288,10 +311,10 @@ def test_batches_and_loader_are_seeded(mnist: Splits) -> None:
 
     assert torch.equal(order(3), order(3)) and not torch.equal(order(3), order(4))
     assert sorted(order(3).tolist()) == sorted(small.labels.tolist())  # a permutation
-    assert sum(len(y) for _, y in batches(small, 300, drop_last=True)) == 900
+    assert sum(len(y) for _, y in batches(small, 300, drop_last=True)) == 600  # 750 val images
     loader = make_loader(small, 128, shuffle=True, seed=5)
     x, y = next(iter(loader))
-    assert x.shape == (128, 3, 16, 16) and y.shape == (128,) and len(loader) == 8
+    assert x.shape == (128, 3, 16, 16) and y.shape == (128,) and len(loader) == 6
     again = next(iter(make_loader(small, 128, shuffle=True, seed=5)))[1]
     assert torch.equal(y, again)
 
