@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     check_machine(study)
     check_study_identity(study, identity)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    from nas.final import write_split_manifest
+
+    write_split_manifest(run_dir, splits)  # later commands (nas.train, compress) check they reload these images
     atomic_write(run_dir / "environment.json",
                  json.dumps(environment(threads, args.backend, args.precision), indent=2))
     settings = TrialSettings(budget_ms=args.budget_ms, target_resolution=space.resolution.target,
