@@ -24,7 +24,7 @@ from nas import faults
 from nas.arch import Arch
 from nas.data import Splits
 from nas.fidelity import MIN_PEERS, RungDecision, judge, rungs
-from nas.latency import LatencyCache, LatencyStats, MeasureSettings, measure
+from nas.latency import LatencyCache, LatencyStats, MeasureSettings, lookup, measure
 from nas.models import build_model
 from nas.space import SearchSpace
 from nas.train import train_proxy
@@ -70,11 +70,17 @@ class Objective:
 
     def measurements(self, arch: Arch, model: torch.nn.Module | None = None) -> tuple[LatencyStats, list[float]]:
         s = self.settings
-        model = model if model is not None else build_model(arch)
+        built = [model]
 
         def once(index: int) -> LatencyStats:
-            return measure(model, s.target_resolution, s.backend, s.threads, precision=s.precision, cache=self.cache,
-                           key=latency_key(arch.hash, s.latency_settings, index), settings=s.latency_settings)
+            key = latency_key(arch.hash, s.latency_settings, index)
+            hit = lookup(self.cache, key, s.target_resolution, s.backend, s.threads, s.precision)
+            if hit is not None:  # e.g. baseline scaling on a resume: no need to build the model
+                return hit
+            if built[0] is None:
+                built[0] = build_model(arch)
+            return measure(built[0], s.target_resolution, s.backend, s.threads, precision=s.precision,
+                           cache=self.cache, key=key, settings=s.latency_settings)
 
         return decided_latency(once, s.budget_ms)
 

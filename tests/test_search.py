@@ -166,8 +166,8 @@ def test_every_stage_knob_is_in_the_intersection_of_a_run_with_baselines(tmp_pat
 
     args = [a for a in FAST if a != "--no-baselines"]
     out = subprocess.run([sys.executable, "-m", "nas.search", "--results", str(tmp_path), *args,
-                          "--budget-ms", "2", "--trials", "5", "--run", "bl"], capture_output=True, text=True,
-                         timeout=600)
+                          "--budget-ms", "2", "--trials", "5", "--epochs", "2", "--run", "bl"], capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     complete = study_of(tmp_path / "bl").get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     baselines = [t for t in complete if t.user_attrs.get("baseline")]
@@ -180,3 +180,11 @@ def test_every_stage_knob_is_in_the_intersection_of_a_run_with_baselines(tmp_pat
     for trial in baselines:  # the true hand design was evaluated; its parameters are its nearest encoding
         assert trial.user_attrs["arch"] == trial.user_attrs["baseline_arch"]
         assert space.encode(space.decode(trial.params, 10))[0] == trial.params
+    for trial in complete:  # every trial says how many epochs it got and why it stopped
+        attrs = trial.user_attrs
+        if not attrs["trained"]:
+            assert attrs["epochs"] == 0 and attrs["stop_reason"].startswith("over budget")
+            continue
+        (rung,) = attrs["rungs"]  # --epochs 2: one rung, after epoch 1
+        assert rung["epoch"] == 1 and attrs["epochs"] == (2 if rung["promoted"] else 1) == len(attrs["curve"])
+        assert attrs["stop_reason"] == (rung["reason"] if not rung["promoted"] else "trained all 2 epochs")
