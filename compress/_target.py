@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.data import Splits, load_dataset
+from nas.data import Splits
 from nas.errors import UserError
 from nas.latency import PRECISIONS
 from nas.runs import Winner, atomic_write, get_winner, read_config, resolve_run
@@ -76,8 +76,41 @@ class Target:
         threads = self.config.get("threads")
         return int(threads) if threads else None
 
+    @property
+    def final_weights(self) -> Path | None:
+        """Weights from final training at the target resolution (nas.train), if it has run."""
+        from nas.final import final_weights
+
+        return final_weights(self.run_dir, self.winner.arch)
+
+    @property
+    def weights(self) -> str:
+        """Which weights the FP32 model has: 'final' (target resolution) or 'proxy' (search proxy)."""
+        return "final" if self.final_weights is not None else "proxy"
+
+    @property
+    def train_resolution(self) -> int:
+        """The resolution the FP32 weights were trained at: where their accuracy means something."""
+        return self.target_resolution if self.weights == "final" else self.proxy_resolution
+
     def fp32_model(self) -> nn.Module:
-        return self.winner.model()
+        """The winner with its final weights when final training has run, else its proxy weights."""
+        path = self.final_weights
+        if path is None:
+            return self.winner.model()
+        from nas.models import build_model
+
+        model = build_model(self.winner.arch)
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # truncated or foreign file
+            raise UserError(f"{path}: not readable final weights ({type(exc).__name__}); delete it or rerun "
+                            "python -m nas.train") from None
+        return model.eval()
+
+    def splits(self, resolution: int) -> Splits:
+        """The run's own train/val/test images at `resolution` (same source, seed and limit as the search)."""
+        return load_splits(self.run_dir, resolution)
 
     def pruned_path(self) -> Path:
         return self.pruned_dir / "model.pt"
@@ -102,9 +135,12 @@ def load_target(run: str | Path | None, rank: int | None, precision: str | None 
 
 
 @functools.lru_cache(maxsize=4)
-def load_splits(source: str | None, resolution: int, limit: int | None = None) -> Splits:
-    """nas.data.load_dataset, memoised: prune, quantize and export in one process share the decode."""
-    return load_dataset(source, resolution, limit=limit)
+def load_splits(run_dir: Path, resolution: int) -> Splits:
+    """The run's splits (nas.final.run_splits: checked against the run's manifest), memoised: prune,
+    quantize and export in one process share the decode."""
+    from nas.final import run_splits
+
+    return run_splits(run_dir, resolution)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,7 +33,6 @@ from compress._target import (
     Target,
     add_target_arguments,
     load_module,
-    load_splits,
     load_target,
     read_json,
     write_json,
@@ -102,7 +101,9 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     from nas.latency import describe_machine
 
     resolution = target.target_resolution
-    images, labels = validation_batch(load_splits(target.data, resolution).val, val_limit)
+    splits = target.splits(resolution)
+    # test: what the report's top-1 is measured on (never used for a decision); val: alongside.
+    data = {"test": validation_batch(splits.test, val_limit), "val": validation_batch(splits.val, val_limit)}
     out = target.export_dir
     results: dict[str, Any] = {}
     files: dict[str, tuple[Path, str]] = {}
@@ -117,18 +118,21 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(int8_ir, paths["xml"])
             shutil.copyfile(int8_ir.with_suffix(".bin"), out / "int8.bin")
-        reference = torch_logits(model, images)
-        record: dict[str, Any] = {"torch_accuracy": top1(reference, labels), "params": count_params(model),
-                                  "macs": count_macs(model, resolution), "files": {}}
+        reference = {split: torch_logits(model, images) for split, (images, _) in data.items()}
+        record: dict[str, Any] = {"torch_accuracy": top1(reference["test"], data["test"][1]),
+                                  "torch_val_accuracy": top1(reference["val"], data["val"][1]),
+                                  "params": count_params(model), "macs": count_macs(model, resolution), "files": {}}
         runs = ([("xml", "int8")] if int8_ir is not None
                 else [("xml", p) for p in floats] + [("onnx", "fp32")])
         for kind, precision in runs:
             path = paths[kind]
-            logits = (openvino_logits(path, images, target.threads, precision) if kind == "xml"
-                      else onnx_logits(path, images, target.threads))
+            logits = {split: (openvino_logits(path, images, target.threads, precision) if kind == "xml"
+                              else onnx_logits(path, images, target.threads)) for split, (images, _) in data.items()}
             label = run_label(kind, precision)
             record["files"][label] = {"path": str(path), "bytes": size_on_disk(path), "precision": precision,
-                                      "accuracy": top1(logits, labels), **compare(reference, logits)}
+                                      "accuracy": top1(logits["test"], data["test"][1]),
+                                      "val_accuracy": top1(logits["val"], data["val"][1]),
+                                      **compare(reference["test"], logits["test"])}
             files[f"{name}.{label}"] = (path, precision)
         results[name] = record
     if not quiet:
@@ -136,7 +140,8 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     for label, stats in time_files(files, target.threads, rounds, settings).items():
         name, kind = label.split(".")
         results[name]["files"][kind]["latency"] = _latency_record(stats)
-    metrics = {"resolution": resolution, "validation_images": len(labels), "variants": results,
+    metrics = {"resolution": resolution, "test_images": len(data["test"][1]), "val_images": len(data["val"][1]),
+               "weights": target.weights, "accuracy_split": "test", "variants": results,
                "precisions": floats + ["int8"], "machine": describe_machine(),
                "int8_onnx": "skipped: NNCF quantized the OpenVINO model; there is no IR -> ONNX writer, and a "
                             "separately quantized QDQ ONNX would not describe this INT8 model"}

@@ -21,6 +21,11 @@ With --target-ms the pruner steps the channel ratio up and measures the model (n
 backend and threads, target resolution) after each step until it is under the target. Then it
 fine-tunes with nas.train.train_proxy (optionally distilling from the unpruned model) and saves the
 whole module (it no longer matches its Arch) to <run>/compress/<winner>/pruned/model.pt.
+
+It starts from the winner's final weights (nas.train, target resolution) when they exist, and then
+fine-tunes and evaluates at the target resolution; otherwise from the proxy weights at the proxy
+resolution, and says so. Fine-tuning uses the run's train split, the accuracy reported is val
+(and test, reported only), on exactly the run's images.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 
 from compress._metrics import count_macs, count_params
-from compress._target import Target, add_target_arguments, load_splits, load_target, write_json
+from compress._target import Target, add_target_arguments, load_target, write_json
 from nas.errors import UserError, run_cli
 from nas.export import example_input
 from nas.latency import MeasureSettings, measure
@@ -133,7 +138,7 @@ def snapshot(model: nn.Module, resolution: int, accuracy: float, latency_ms: flo
 
 
 def prune_target(target: Target, *, ratio: float | None = None, target_ms: float | None = None, epochs: int = 1,
-                 distill: bool = False, settings: MeasureSettings | None = None, data_limit: int | None = None,
+                 distill: bool = False, settings: MeasureSettings | None = None,
                  quiet: bool = False) -> dict[str, Any]:
     """Prune + fine-tune a winner; save pruned/model.pt and pruned/metrics.json; returns the metrics."""
     from nas.train import evaluate, train_proxy
@@ -149,7 +154,13 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
             print(f"  {count_params(m) / 1e3:.1f} k params: {stats.summary()}", file=sys.stderr)
         return stats.ms
 
-    splits = load_splits(target.data, target.proxy_resolution, data_limit)
+    train_resolution = target.train_resolution
+    if not quiet:
+        print(f"starting from the {target.weights} weights of {target.winner.directory.name}; fine-tuning and "
+              f"accuracy at {train_resolution} px"
+              + ("" if target.weights == "final" else " (no final training yet: python -m nas.train)"),
+              file=sys.stderr)
+    splits = target.splits(train_resolution)
     model = target.fp32_model()
     original = copy.deepcopy(model).eval()
     if target_ms is not None and (start_ms := latency(model)) <= target_ms:
@@ -164,18 +175,21 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     before_ms, after_ms = interleaved_latency([original, model], latency)
     before = snapshot(original, resolution, evaluate(original, splits.val), before_ms)
     after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)
+    before["test_accuracy"], after["test_accuracy"] = evaluate(original, splits.test), evaluate(model, splits.test)
     target.pruned_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model, target.pruned_path())
     (target.int8_dir / "metrics.json").unlink(missing_ok=True)  # an INT8 of the previous pruned model is stale
     metrics = {
         "ratio": history[-1].ratio, "steps": len(history), "target_ms": target_ms,
         "reached_target": None if target_ms is None else after["latency_ms"] <= target_ms,
-        "fine_tune_epochs": epochs, "distill": distill, "proxy_resolution": target.proxy_resolution,
+        "fine_tune_epochs": epochs, "distill": distill, "weights": target.weights,
+        "accuracy_resolution": train_resolution,
         "latency_resolution": resolution, "backend": target.backend, "threads": target.threads,
         "precision": target.precision,
         "before": before, "pruned_before_fine_tune_accuracy": pruned_accuracy, "after": after,
         "history": [asdict(h) for h in history], "model": str(target.pruned_path()),
-        "note": "accuracy: PyTorch on the validation split at the proxy resolution; MACs/latency at the target",
+        "note": "accuracy: PyTorch on the val split (test: reported only) at accuracy_resolution; "
+                "MACs/latency at the target resolution",
     }
     write_json(target.pruned_dir / "metrics.json", metrics)
     return metrics

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from compress._runtime import compile_openvino, openvino_logits, top1, validation_batch
-from compress._target import Target, add_target_arguments, load_module, load_splits, load_target, write_json
+from compress._target import Target, add_target_arguments, load_module, load_target, write_json
 from nas.data import ImageDataset, calibration_subset
 from nas.errors import run_cli
 from nas.export import convert_openvino, save_openvino
@@ -107,12 +107,16 @@ def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int =
     if not quiet:
         print(f"quantizing the {source} model of {target.winner.directory.name} at {resolution} px ...",
               file=sys.stderr)
-    splits = load_splits(target.data, resolution)
+    if not quiet and target.weights != "final":
+        print(f"note: {target.winner.directory.name} has no final weights (python -m nas.train): quantizing its "
+              f"proxy weights, whose accuracy at {resolution} px is not meaningful", file=sys.stderr)
+    splits = target.splits(resolution)
     result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=max_drop,
                             keep_float=keep_float, threads=target.threads, val_limit=val_limit)
     path = save_openvino(result.model, target.int8_dir / "model.xml")
     compile_openvino(path, target.threads)  # fail here, not in a later step, if the IR does not load
-    metrics = {"source": source, "max_drop_points": max_drop, "ir": str(path), **result.metrics()}
+    metrics = {"source": source, "weights": target.weights, "max_drop_points": max_drop, "ir": str(path),
+               "calibration_split": "train", "accuracy_control_split": "val", **result.metrics()}
     write_json(target.int8_dir / "metrics.json", metrics)
     return metrics
 

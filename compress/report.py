@@ -33,13 +33,18 @@ def winner_entry(directory: Path) -> dict[str, Any]:
             row_name = name if label == "xml" else f"{name} @{label.split('@', 1)[1]}"
             rows[row_name] = {
                 "precision": ir.get("precision", "fp32"), "accuracy": ir["accuracy"],
+                "val_accuracy": ir.get("val_accuracy"),
                 "latency_ms": latency.get("estimate_ms"), "latency_median_ms": latency.get("median_ms"),
                 "latency_cv": latency.get("cv"),
                 "onnx_latency_ms": onnx.get("latency", {}).get("estimate_ms") if label == "xml" else None,
                 "ir_bytes": ir["bytes"], "onnx_bytes": onnx.get("bytes"), "macs": record["macs"],
                 "params": record["params"], "max_abs_diff": ir["max_abs_diff"], "top1_agreement": ir["top1_agreement"],
             }
-    return {"resolution": export.get("resolution"), "validation_images": export.get("validation_images"),
+    fp32_test = rows.get("fp32", {}).get("accuracy")
+    for row in rows.values():  # points lost on the test split against the FP32 IR at fp32
+        row["drop_points"] = None if fp32_test is None else 100.0 * (fp32_test - row["accuracy"])
+    return {"resolution": export.get("resolution"), "test_images": export.get("test_images"),
+            "val_images": export.get("val_images"), "weights": export.get("weights", "proxy"),
             "machine": export.get("machine"), "precisions": export.get("precisions"),
             "variants": rows, "speedups": _speedups(rows), "prune": read_json(directory / "pruned" / "metrics.json"),
             "quantize": read_json(directory / "int8" / "metrics.json")}
@@ -81,17 +86,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Measured on {machine_line(report['machine'])}.", ""]
     for name, entry in report["winners"].items():
         lines += [f"## {name}", "",
-                  f"OpenVINO IR at {entry['resolution']} px, {entry['validation_images']} validation images, "
+                  f"OpenVINO IR at {entry['resolution']} px from the **{entry['weights']}** weights"
+                  + ("" if entry["weights"] == "final" else " (no final training at this resolution: accuracies "
+                     "are not meaningful; run `python -m nas.train` first)")
+                  + f"; top-1 on the run's {entry['test_images']} test images (val: {entry['val_images']} images); "
                   f"threads {report['threads'] or 'all'}; latency = min of pass medians (median, CV alongside). "
                   "Precision is pinned per row: `fp32` runs the FP32 IR with OpenVINO's hint f32, `@bf16` the same "
-                  "IR with hint bf16, `int8` the NNCF IR with its float ops in f32.", "",
-                  "| variant | precision | top-1 % | latency ms | median ms | CV % | ONNX RT ms | IR MB | MMACs "
-                  "| params k | max abs diff | top-1 agree % |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "IR with hint bf16, `int8` the NNCF IR with its float ops in f32. Agreement and max abs diff: "
+                  "against the PyTorch model the row was made from (INT8: the model it was quantized from).", "",
+                  "| variant | precision | test top-1 % | val top-1 % | drop vs fp32 (points) | latency ms | median ms "
+                  "| CV % | ONNX RT ms | IR MB | MMACs | params k | max abs diff | top-1 agree % |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for variant, row in entry["variants"].items():
             lines.append(
                 f"| {variant} | {row.get('precision', 'fp32')} | "
-                f"{_fmt(row['accuracy'], '.2f', 100)} | {_fmt(row['latency_ms'], '.3f')} | "
+                f"{_fmt(row['accuracy'], '.2f', 100)} | {_fmt(row.get('val_accuracy'), '.2f', 100)} | "
+                f"{_fmt(row.get('drop_points'), '.2f')} | {_fmt(row['latency_ms'], '.3f')} | "
                 f"{_fmt(row['latency_median_ms'], '.3f')} | {_fmt(row['latency_cv'], '.1f', 100)} | "
                 f"{_fmt(row['onnx_latency_ms'], '.3f')} | {_fmt(row['ir_bytes'], '.2f', 1e-6)} | "
                 f"{_fmt(row['macs'], '.1f', 1e-6)} | {_fmt(row['params'], '.1f', 1e-3)} | "
@@ -108,6 +118,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             p = entry["prune"]
             lines += ["", f"Pruning: channel ratio {p['ratio']:.2f} in {p['steps']} step(s), "
                       f"{p['fine_tune_epochs']} fine-tune epoch(s){' with distillation' if p['distill'] else ''}; "
-                      f"proxy top-1 {100 * p['before']['accuracy']:.2f}% -> {100 * p['after']['accuracy']:.2f}%."]
+                      f"val top-1 at {p.get('accuracy_resolution', '?')} px {100 * p['before']['accuracy']:.2f}% -> "
+                      f"{100 * p['after']['accuracy']:.2f}% ({p.get('weights', 'proxy')} weights)."]
         lines.append("")
     return "\n".join(lines)

@@ -124,7 +124,7 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
     done = out / "metrics.json"
     if done.is_file() and (out / "weights.pt").is_file():
         metrics = json.loads(done.read_text())
-        if metrics.get("epochs") == epochs and metrics.get("init") == init:
+        if metrics.get("epochs") == metrics.get("epochs_run") == epochs and metrics.get("init") == init:
             return {**metrics, "already_done": True}
     splits = run_splits(run_dir, resolution, config)
     seed = int(config.get("seed") or 0)

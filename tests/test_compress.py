@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def make_run(directory: Path, arch: Arch, train: bool = True) -> Path:
     """A search-run directory with one winner: a tiny arch, briefly trained on bundled MNIST."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"data": None, "proxy_resolution": RESOLUTION, "target_resolution": RESOLUTION,
-              "backend": "openvino", "threads": 2, "num_classes": 10, "budget_ms": 5}
+    config = {"data": None, "seed": 0, "limit": 800, "proxy_resolution": RESOLUTION,
+              "target_resolution": RESOLUTION, "backend": "openvino", "threads": 2, "num_classes": 10, "budget_ms": 5}
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
     model = build_model(arch)
     accuracy = 0.0
@@ -95,7 +95,7 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
     target: Target = load_target(make_run(tmp_path / "run", hybrid_arch()), None)
     original = target.fp32_model()
 
-    pruned_metrics = prune_target(target, ratio=0.5, epochs=1, settings=QUICK, data_limit=400, quiet=True)
+    pruned_metrics = prune_target(target, ratio=0.5, epochs=1, settings=QUICK, quiet=True)
     assert pruned_metrics["after"]["params"] < pruned_metrics["before"]["params"]
     assert pruned_metrics["after"]["macs"] < pruned_metrics["before"]["macs"]
     pruned = load_module(target.pruned_path())  # reloads as a whole module
