@@ -2,11 +2,12 @@
 the precision and the machine in every record and cache key, one-line errors for what cannot run.
 
 The bf16 tolerances come from a measurement (`python -m bench.precision_bench`, its "numerics"
-part, in bench/results/precision_intel-xeon-0b7928.json, Intel Xeon with AMX): over the tiny models of every mixer (32 and 64 px, 16
-inputs) and every preset (224 px), OpenVINO at bf16 differed from PyTorch fp32 by at most 6.3e-3 of
-the logits' scale for convolution / CATM / LiteMLA models and 3.5e-2 for models with CageViT token
-selection (bf16 noise in the CAM scores changes which tokens are picked), with top-1 agreement 1.0
-and 0.75 (random-init GLSRA, near-tied logits). The limits below are about 3x those.
+part, in bench/results/precision_intel-xeon-0b7928.json, Intel Xeon with AMX): over the tiny
+models of every mixer (32 and 64 px, 16 inputs) and every preset (224 px), OpenVINO at bf16
+differed from PyTorch fp32 by at most 6.3e-3 of the logits' scale for convolution / CATM /
+LiteMLA models and 3.5e-2 for models with CageViT token selection (bf16 noise in the CAM scores
+changes which tokens are picked), with top-1 agreement 1.0 and 0.75 (random-init GLSRA,
+near-tied logits). The limits below are about 3x those.
 """
 
 from __future__ import annotations
