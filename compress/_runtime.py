@@ -53,6 +53,15 @@ def validation_batch(dataset: ImageDataset, limit: int | None = None) -> tuple[t
     return images.contiguous(), labels.numpy()
 
 
+def image_batch(dataset: ImageDataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The first `limit` images as the network sees them (normalised float NCHW), as a shipped model
+    takes them (uint8 RGB NHWC, grayscale repeated), and their labels."""
+    images, labels = validation_batch(dataset, limit)
+    raw = dataset.images[:len(labels)]
+    raw = raw.expand(-1, 3, -1, -1) if raw.shape[1] == 1 else raw
+    return images, raw.permute(0, 2, 3, 1).contiguous(), labels
+
+
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(-1) == labels).mean())
 

@@ -20,7 +20,6 @@ torch backend), so its numbers would not describe the INT8 IR reported here.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from compress._metrics import count_macs, count_params, size_on_disk
-from compress._runtime import compare, onnx_logits, openvino_logits, top1, torch_logits, validation_batch
+from compress._runtime import compare, image_batch, onnx_logits, openvino_logits, top1, torch_logits
 from compress._target import (
     Target,
     add_target_arguments,
@@ -37,6 +36,7 @@ from compress._target import (
     read_json,
     write_json,
 )
+from compress.deploy import export_deploy_onnx, with_preprocessing, write_labels
 from nas.errors import run_cli
 from nas.export import convert_openvino, export_onnx, save_openvino
 from nas.latency import LatencyStats, MeasureSettings, measure_ir, supported_precisions
@@ -54,11 +54,18 @@ def run_label(kind: str, precision: str) -> str:
     return kind if precision in ("fp32", "int8") else f"{kind}@{precision}"
 
 
-def export_files(model: nn.Module, directory: Path, name: str, resolution: int) -> dict[str, Path]:
-    """FP32 IR (true FP32 weights) and ONNX (TorchScript exporter) with a static [1,3,R,R] input."""
-    xml = save_openvino(convert_openvino(model, resolution), directory / f"{name}.xml")
-    onnx = export_onnx(model, directory / f"{name}.onnx", resolution)
-    return {"xml": xml, "onnx": onnx}
+def export_files(model: nn.Module, directory: Path, name: str, resolution: int,
+                 stats: tuple[Any, Any] | None = None) -> dict[str, Path]:
+    """FP32 IR (true FP32 weights) and ONNX (TorchScript exporter), static batch 1.
+
+    With `stats` (the train split's mean, std) both take the shipped input: uint8 RGB NHWC
+    [1, R, R, 3] with the normalisation built in (compress.deploy); without, float NCHW [1, 3, R, R]."""
+    ov_model = convert_openvino(model, resolution)
+    if stats is None:
+        return {"xml": save_openvino(ov_model, directory / f"{name}.xml"),
+                "onnx": export_onnx(model, directory / f"{name}.onnx", resolution)}
+    return {"xml": save_openvino(with_preprocessing(ov_model, *stats), directory / f"{name}.xml"),
+            "onnx": export_deploy_onnx(model, directory / f"{name}.onnx", resolution, *stats)}
 
 
 def time_files(paths: dict[str, tuple[Path, str]], threads: int | None, rounds: int = 2,
@@ -103,8 +110,11 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     resolution = target.target_resolution
     splits = target.splits(resolution)
     # test: what the report's top-1 is measured on (never used for a decision); val: alongside.
-    data = {"test": validation_batch(splits.test, val_limit), "val": validation_batch(splits.val, val_limit)}
+    # Each entry: (normalised float images for PyTorch, the same as uint8 NHWC for the shipped files, labels).
+    data = {"test": image_batch(splits.test, val_limit), "val": image_batch(splits.val, val_limit)}
+    stats = (splits.train.mean, splits.train.std)
     out = target.export_dir
+    write_labels(out, splits.class_labels())
     results: dict[str, Any] = {}
     files: dict[str, tuple[Path, str]] = {}
     floats = float_precisions(target)
@@ -112,26 +122,25 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
         if not quiet:
             print(f"exporting and verifying {name} ...", file=sys.stderr)
         if int8_ir is None:
-            paths = export_files(model, out, name, resolution)
-        else:
-            paths = {"xml": out / "int8.xml"}
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(int8_ir, paths["xml"])
-            shutil.copyfile(int8_ir.with_suffix(".bin"), out / "int8.bin")
-        reference = {split: torch_logits(model, images) for split, (images, _) in data.items()}
-        record: dict[str, Any] = {"torch_accuracy": top1(reference["test"], data["test"][1]),
-                                  "torch_val_accuracy": top1(reference["val"], data["val"][1]),
+            paths = export_files(model, out, name, resolution, stats)
+        else:  # NNCF quantized the float-input model; the shipped one takes images like the others
+            from nas.latency import ov_read
+
+            paths = {"xml": save_openvino(with_preprocessing(ov_read(int8_ir), *stats), out / "int8.xml")}
+        reference = {split: torch_logits(model, images) for split, (images, _, _) in data.items()}
+        record: dict[str, Any] = {"torch_accuracy": top1(reference["test"], data["test"][2]),
+                                  "torch_val_accuracy": top1(reference["val"], data["val"][2]),
                                   "params": count_params(model), "macs": count_macs(model, resolution), "files": {}}
         runs = ([("xml", "int8")] if int8_ir is not None
                 else [("xml", p) for p in floats] + [("onnx", "fp32")])
         for kind, precision in runs:
             path = paths[kind]
             logits = {split: (openvino_logits(path, images, target.threads, precision) if kind == "xml"
-                              else onnx_logits(path, images, target.threads)) for split, (images, _) in data.items()}
+                              else onnx_logits(path, images, target.threads)) for split, (_, images, _) in data.items()}
             label = run_label(kind, precision)
             record["files"][label] = {"path": str(path), "bytes": size_on_disk(path), "precision": precision,
-                                      "accuracy": top1(logits["test"], data["test"][1]),
-                                      "val_accuracy": top1(logits["val"], data["val"][1]),
+                                      "accuracy": top1(logits["test"], data["test"][2]),
+                                      "val_accuracy": top1(logits["val"], data["val"][2]),
                                       **compare(reference["test"], logits["test"])}
             files[f"{name}.{label}"] = (path, precision)
         results[name] = record
@@ -140,7 +149,8 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     for label, stats in time_files(files, target.threads, rounds, settings).items():
         name, kind = label.split(".")
         results[name]["files"][kind]["latency"] = _latency_record(stats)
-    metrics = {"resolution": resolution, "test_images": len(data["test"][1]), "val_images": len(data["val"][1]),
+    metrics = {"resolution": resolution, "test_images": len(data["test"][2]), "val_images": len(data["val"][2]),
+               "input": f"uint8 RGB NHWC [1, {resolution}, {resolution}, 3], normalisation built in; labels.txt",
                "weights": target.weights, "accuracy_split": "test", "variants": results,
                "precisions": floats + ["int8"], "machine": describe_machine(),
                "int8_onnx": "skipped: NNCF quantized the OpenVINO model; there is no IR -> ONNX writer, and a "

@@ -26,7 +26,7 @@ from torch import nn
 from compress._runtime import compile_openvino, openvino_logits, top1, validation_batch
 from compress._target import Target, add_target_arguments, load_module, load_target, write_json
 from nas.data import ImageDataset, calibration_subset
-from nas.errors import run_cli
+from nas.errors import UserError, run_cli
 from nas.export import convert_openvino, save_openvino
 from nas.latency import count_fake_quantize
 from nas.quantization import quantize_options
@@ -113,6 +113,10 @@ def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int =
     splits = target.splits(resolution)
     result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=max_drop,
                             keep_float=keep_float, threads=target.threads, val_limit=val_limit)
+    if result.fake_quantize_ops == 0:  # accuracy control reverted every quantized op to float
+        raise UserError(f"no INT8 model of {target.winner.directory.name} stays within --max-drop {max_drop} points "
+                        f"on {result.validation_images} val images (FP32 top-1 {100 * result.fp32_accuracy:.2f}%); "
+                        "raise --max-drop or final-train the winner (python -m nas.train)")
     path = save_openvino(result.model, target.int8_dir / "model.xml")
     compile_openvino(path, target.threads)  # fail here, not in a later step, if the IR does not load
     metrics = {"source": source, "weights": target.weights, "max_drop_points": max_drop, "ir": str(path),

@@ -101,7 +101,10 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
     pruned = load_module(target.pruned_path())  # reloads as a whole module
     assert count_params(pruned) == pruned_metrics["after"]["params"] < count_params(original)
 
-    q = quantize_target(target, calibration=32, val_limit=100, quiet=True)
+    # A generous --max-drop: this ~50%-accurate tiny model flips a point on 100 images by chance, and
+    # accuracy control may then revert every op (quantize_target refuses that in one line); here the plain
+    # NNCF path is under test.
+    q = quantize_target(target, calibration=32, val_limit=100, max_drop=100.0, quiet=True)
     assert q["source"] == "pruned"
     import openvino as ov
 

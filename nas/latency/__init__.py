@@ -22,6 +22,7 @@ from nas.latency._backends import (
     device_name,
     ir_precision,
     openvino_config,
+    ov_read,
     runtime_version,
 )
 from nas.latency._cache import LatencyCache, default_cache_path
@@ -66,6 +67,7 @@ __all__ = [
     "measure",
     "measure_ir",
     "openvino_config",
+    "ov_read",
     "runtime_version",
     "summarize",
     "supported_precisions",

@@ -126,7 +126,7 @@ def _check_ir_precision(path: Path, ov_model: Any, precision: str) -> None:
 
 def ir_precision(path: str | Path) -> str:
     """The precision a model file is deployed at: int8 if it has FakeQuantize ops, else fp32."""
-    return "int8" if count_fake_quantize(ov_core().read_model(str(path))) else DEFAULT_PRECISION
+    return "int8" if count_fake_quantize(ov_read(path)) else DEFAULT_PRECISION
 
 
 def _ov_step(ov_model: Any, threads: int, data: np.ndarray, precision: str) -> Step:
@@ -144,12 +144,17 @@ def _ov_step(ov_model: Any, threads: int, data: np.ndarray, precision: str) -> S
     return step
 
 
-def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
-    """Read .xml or .onnx; fix a dynamic input shape to [1, 3, R, R]; return model, input, R."""
+def ov_read(path: str | Path) -> Any:
+    """openvino.Model from an .xml/.onnx file; UserError naming the file when it cannot be read."""
     try:
-        model = ov_core().read_model(str(path))
+        return ov_core().read_model(str(path))
     except Exception as exc:  # a truncated or foreign file: OpenVINO raises a plain RuntimeError
         raise UserError(f"{path}: cannot read the model ({str(exc).strip().splitlines()[0][:200]})") from None
+
+
+def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
+    """Read .xml or .onnx; fix a dynamic input shape to [1, 3, R, R]; return model, input, R."""
+    model = ov_read(path)
     if len(model.inputs) != 1:
         raise UserError(f"{path}: expected one input, found {len(model.inputs)}")
     port = model.inputs[0]
@@ -159,9 +164,9 @@ def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
         model.reshape({port.get_any_name(): [1, 3, resolution, resolution]})
         port = model.inputs[0]
     shape = list(port.get_shape())
-    _check_shape(path, shape, resolution)
+    side = _check_shape(path, shape, resolution)
     dtype = port.get_element_type().to_dtype()
-    return model, _fill(shape, dtype), int(shape[-1])
+    return model, _fill(shape, dtype), side
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -187,8 +192,9 @@ def _ort_step(onnx_path: Path, threads: int, resolution: int | None) -> tuple[St
         if resolution is None:
             raise UserError(f"{onnx_path}: the input shape {dims} is dynamic; give a resolution")
         dims = [1, 3, resolution, resolution]
-    _check_shape(onnx_path, dims, resolution)
-    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inputs[0].type, np.float32)
+    side = _check_shape(onnx_path, dims, resolution)
+    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(uint8)": np.uint8}.get(inputs[0].type, np.float32)
     feed = {inputs[0].name: _fill(dims, dtype)}
     run = session.run
     clock = time.perf_counter
@@ -198,7 +204,7 @@ def _ort_step(onnx_path: Path, threads: int, resolution: int | None) -> tuple[St
         run(None, feed)
         return (clock() - start) * 1e3
 
-    return step, int(dims[-1])
+    return step, side
 
 
 # --- PyTorch -----------------------------------------------------------------------------------
@@ -226,14 +232,20 @@ def _torch_step(model: nn.Module, data: torch.Tensor, sync: Callable[[], None] |
 
 # --- entry points ------------------------------------------------------------------------------
 
-def _check_shape(path: Path, shape: list[Any], resolution: int | None) -> None:
+def _check_shape(path: Path, shape: list[Any], resolution: int | None) -> int:
+    """The image side of a batch-1 NCHW float input or of a shipped uint8 NHWC image input [1, R, R, 3]."""
     if len(shape) != 4 or shape[0] != 1:
-        raise UserError(f"{path}: expected a batch-1 NCHW image input, found shape {shape}")
-    if resolution is not None and (shape[2], shape[3]) != (resolution, resolution):
+        raise UserError(f"{path}: expected a batch-1 NCHW (or NHWC image) input, found shape {shape}")
+    nhwc = shape[3] == 3 and shape[1] != 3
+    side = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+    if resolution is not None and side != (resolution, resolution):
         raise UserError(f"{path}: the input shape is fixed at {shape}, not resolution {resolution}")
+    return int(side[0])
 
 
 def _fill(shape: list[int], dtype: Any) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):  # a uint8 image input
+        return np.random.default_rng(0).integers(0, 256, shape).astype(dtype)
     return np.random.default_rng(0).standard_normal(shape).astype(dtype)
 
 
