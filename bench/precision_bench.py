@@ -5,9 +5,10 @@ For presets and a search run's best winner, at 224 px, batch 1, sync single stre
            bf16, f16) and the NNCF INT8 IR (nas.quantization rules, calibrated on train images,
            float ops f32), interleaved round by round, by our clock (nas.latency, min of pass
            medians) and by `benchmark_app -infer_precision P` on the same IR and settings;
-  accuracy the same precisions on held-out images of the run's data split (val): for the winner at
-           the resolution its weights were trained at (its proxy resolution) -- top-1; for the
-           untrained presets, fidelity to PyTorch fp32 instead (top-1 agreement, max |diff| / scale);
+  accuracy the same precisions on the run's test split: for the winner at the resolution its
+           weights were trained at (its final weights at the target resolution when nas.train has
+           run, else its proxy weights at the proxy resolution) -- top-1; for the untrained presets,
+           fidelity to PyTorch fp32 instead (top-1 agreement, max |diff| / scale);
   numerics (--numerics-only too) OpenVINO bf16 vs PyTorch fp32 over the tiny per-mixer models and
            every preset: the measurement the bf16 test tolerances come from.
 Writes bench/results/precision_<cpu>.json (named by CPU model + ISA fingerprint) and prints a table.
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _latency_and_accuracy(args: argparse.Namespace, precisions: list[str]) -> dict[str, Any]:
     from nas.data import calibration_subset, load_dataset
+    from nas.final import final_weights, run_splits
     from nas.models import build_model
     from nas.presets import load_preset
 
@@ -229,11 +231,11 @@ def _latency_and_accuracy(args: argparse.Namespace, precisions: list[str]) -> di
     settings = MeasureSettings()
     winner = _winner(args.run)
     config = winner[1] if winner else {}
-    data, seed, limit = config.get("data"), int(config.get("seed") or 0), config.get("limit")
+    data = config.get("data")
     target = int(config.get("target_resolution") or 224)
-    splits_224 = load_dataset(data, target, seed=seed, limit=limit)
+    splits_224 = run_splits(winner[0].directory.parent.parent, target) if winner else load_dataset(data, target)
     calibration = calibration_subset(splits_224, 64)
-    held_out = torch.arange(min(args.images, len(splits_224.val)))
+    held_out = torch.arange(min(args.images, len(splits_224.test)))
     models: dict[str, dict[str, Path]] = {}
     accuracy: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="precision-bench-") as tmp:
@@ -242,21 +244,28 @@ def _latency_and_accuracy(args: argparse.Namespace, precisions: list[str]) -> di
             log(f"exporting {name}")
             model = build_model(load_preset(name)).eval()
             models[name] = _ir_pair(model, target, calibration, out, name)
-            images, _ = splits_224.val.batch(held_out[:100])
+            images, _ = splits_224.test.batch(held_out[:100])
             accuracy[name] = {"resolution": target, "images": len(images), "trained": False,
                               **fidelity(model, models[name], images, None, args.threads, precisions)}
         if winner:
             w, config = winner
+            run_dir = w.directory.parent.parent
             name = f"winner:{w.directory.name}"
             model = w.model().eval()
-            log(f"exporting {name}")
+            # Accuracy where the weights were trained: the final weights at the target resolution
+            # (python -m nas.train), else the proxy weights at the proxy resolution.
+            final = final_weights(run_dir, w.arch)
+            if final is not None:
+                model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+            log(f"exporting {name} ({'final' if final else 'proxy'} weights)")
             models[name] = _ir_pair(model, target, calibration, out, "winner")
-            proxy = int(config.get("proxy_resolution") or target)
-            splits = load_dataset(data, proxy, seed=seed, limit=limit)
-            trained_at = _ir_pair(model, proxy, calibration_subset(splits, 300), out, "winner-proxy")
-            images, labels = splits.val.batch(torch.arange(min(args.images, len(splits.val))))
-            accuracy[name] = {"resolution": proxy, "images": len(images), "trained": True, "split": "val",
-                              "data": data or "mnist",
+            trained_res = target if final else int(config.get("proxy_resolution") or target)
+            splits = run_splits(run_dir, trained_res)
+            trained_at = (models[name] if final else
+                          _ir_pair(model, trained_res, calibration_subset(splits, 300), out, "winner-proxy"))
+            images, labels = splits.test.batch(torch.arange(min(args.images, len(splits.test))))
+            accuracy[name] = {"resolution": trained_res, "images": len(images), "trained": True, "split": "test",
+                              "weights": "final" if final else "proxy", "data": data or "mnist",
                               **fidelity(model, trained_at, images, labels.numpy(), args.threads, precisions)}
         latency = interleaved_latency(models, precisions, args.threads, rounds, seconds, settings)
     return {
