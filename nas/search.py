@@ -35,6 +35,7 @@ with warnings.catch_warnings():
     RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2)
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
+
 def build_parser() -> Parser:
     from nas.latency import BACKENDS, DEFAULT_BACKEND, DEFAULT_PRECISION, PRECISIONS
 
