@@ -10,7 +10,7 @@ results/<run>/final/<arch hash>/
   checkpoint.pt   full training state after the last completed epoch (resume)
   weights.pt      final state_dict (written when training ends)
   metrics.json    epochs, init, resolution, val/test curves, final val/test top-1, proxy accuracy, seconds
-results/<run>/final/fidelity.json   Kendall tau between proxy val accuracy and final test accuracy
+results/<run>/final/proxy_fidelity.json   Kendall tau between proxy val accuracy and final test accuracy
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
     return metrics
 
 
-def fidelity(run_dir: Path) -> dict[str, Any] | None:
+def proxy_fidelity(run_dir: Path) -> dict[str, Any] | None:
     """Kendall tau between proxy val accuracy and final test accuracy over the final-trained candidates."""
     rows = []
     for path in sorted((run_dir / FINAL_DIR).glob("*/metrics.json")):
@@ -188,9 +188,9 @@ def fidelity(run_dir: Path) -> dict[str, Any] | None:
                             "epochs_run": r["epochs_run"]} for r in rows]}
 
 
-def fidelity_markdown(run_dir: Path) -> list[str]:
+def final_markdown(run_dir: Path) -> list[str]:
     """The summary.md section on final training and proxy fidelity ([] when nothing was final-trained)."""
-    data = fidelity(run_dir)
+    data = proxy_fidelity(run_dir)
     rows = [json.loads(p.read_text()) for p in sorted((run_dir / FINAL_DIR).glob("*/metrics.json"))]
     if not rows:
         return []

@@ -258,10 +258,10 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     (run_dir / ".pareto.png.tmp.png").replace(run_dir / "pareto.png")
     pareto_html(run_dir / "pareto.html", study)
     winners = export_winners(run_dir, front)
-    from nas.final import fidelity_markdown
+    from nas.final import final_markdown
 
     summary = summary_md(config, trials, winners, run_machine(run_dir))
-    atomic_write(run_dir / "summary.md", summary + "\n".join(fidelity_markdown(run_dir)))
+    atomic_write(run_dir / "summary.md", summary + "\n".join(final_markdown(run_dir)))
     atomic_write(run_dir / "front.json", json.dumps(
         [{"rank": r, "trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
           "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners], indent=2))

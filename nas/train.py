@@ -366,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
               f"test {100 * metrics['test_accuracy']:.2f}% "
               f"at {metrics['resolution']} px after {metrics['epochs_run']} epoch(s){note} -> "
               f"{final.final_dir(run_dir, candidate.arch.hash)}")
-    data = final.fidelity(run_dir)
+    data = final.proxy_fidelity(run_dir)
     if data is not None:
         from nas.runs import atomic_write
 
-        atomic_write(run_dir / final.FINAL_DIR / "fidelity.json", json.dumps(data, indent=2) + "\n")
+        atomic_write(run_dir / final.FINAL_DIR / "proxy_fidelity.json", json.dumps(data, indent=2) + "\n")
         if args.top and data["kendall_tau"] is not None:
             print(f"proxy fidelity: Kendall tau {data['kendall_tau']:.2f} over {len(data['candidates'])} candidates")
     _refresh_summary(run_dir)
