@@ -29,8 +29,11 @@ from nas.errors import UserError
 from nas.runs import atomic_write, get_winner, list_winners, read_config
 
 FINAL_DIR = "final"
-DEFAULT_EPOCHS = 5  # ~2 min an epoch at 224 px for a 5 ms winner on 3,500 MNIST images (2 cores)
 DEFAULT_MAX_MINUTES = 15.0
+MAX_AUTO_EPOCHS = 8
+# Epochs are sized by measurement (`auto_epochs`): a 1.7 ms LiteMLA hybrid took 4-8 min an epoch at
+# 224 px on 3,500 MNIST images (2 cores), a CAS-ViT-style one ~2 min; a fixed count would either
+# overrun the time budget or waste it.
 SPLITS_FILE = "splits.json"
 
 
@@ -111,10 +114,49 @@ def _study_trials(run_dir: Path, config: dict[str, Any]) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EPOCHS, init: str = "proxy",
+def estimate_epoch_seconds(model: torch.nn.Module, splits: Splits, batch_size: int, threads: int | None,
+                           steps: int = 3) -> float:
+    """Seconds one epoch (training + val/test evaluation) will take, from a few timed steps on a copy."""
+    import copy
+
+    from nas.threads import torch_threads
+
+    probe = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
+    images, labels = splits.train.batch(torch.arange(min(batch_size, len(splits.train))))
+    with torch_threads(threads):
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(probe(images), labels).backward()
+            optimizer.step()
+
+        step()  # warm-up: allocations, kernel selection
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_step = (time.perf_counter() - start) / steps
+        probe.eval()
+        with torch.inference_mode():
+            start = time.perf_counter()
+            probe(images)
+            per_eval_batch = time.perf_counter() - start
+    train_steps = max(1, len(splits.train) // batch_size)
+    eval_batches = (len(splits.val) + len(splits.test)) / len(images)
+    return per_step * train_steps + per_eval_batch * eval_batches
+
+
+def auto_epochs(seconds_per_epoch: float, max_minutes: float) -> int:
+    """As many epochs as fit 90% of the time budget (at least 1, at most MAX_AUTO_EPOCHS)."""
+    return max(1, min(MAX_AUTO_EPOCHS, int(0.9 * 60.0 * max_minutes / max(seconds_per_epoch, 1e-3))))
+
+
+def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = None, init: str = "proxy",
                 batch_size: int = 64, lr: float = 1e-3, threads: int | None = None,
                 max_minutes: float = DEFAULT_MAX_MINUTES, progress: bool = True) -> dict[str, Any]:
-    """Train `candidate` at the run's target resolution; write final/<hash>/; return its metrics."""
+    """Train `candidate` at the run's target resolution; write final/<hash>/; return its metrics.
+
+    `epochs=None` sizes the run by measurement to fit `max_minutes` (a resumed run keeps the
+    epoch count its checkpoint was started with)."""
     from nas.models import build_model
     from nas.train import seed_everything, train_proxy
 
@@ -124,7 +166,8 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
     done = out / "metrics.json"
     if done.is_file() and (out / "weights.pt").is_file():
         metrics = json.loads(done.read_text())
-        if metrics.get("epochs") == metrics.get("epochs_run") == epochs and metrics.get("init") == init:
+        if metrics.get("epochs") == metrics.get("epochs_run") and epochs in (None, metrics.get("epochs")) \
+                and metrics.get("init") == init:
             return {**metrics, "already_done": True}
     splits = run_splits(run_dir, resolution, config)
     seed = int(config.get("seed") or 0)
@@ -134,6 +177,17 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
         if candidate.proxy_weights is None or not candidate.proxy_weights.is_file():
             raise UserError(f"{candidate.label}: no proxy weights to start from; use --init scratch")
         model.load_state_dict(torch.load(candidate.proxy_weights, map_location="cpu", weights_only=True))
+    estimate = None
+    if epochs is None:
+        checkpoint = out / "checkpoint.pt"
+        if checkpoint.is_file():
+            epochs = _checkpoint_epochs(checkpoint)
+        else:
+            estimate = estimate_epoch_seconds(model, splits, batch_size, threads)
+            epochs = auto_epochs(estimate, max_minutes)
+        if progress:
+            sized = f"~{estimate:.0f} s an epoch measured: " if estimate else "resuming: "
+            print(f"  {sized}{epochs} epoch(s) within {max_minutes:g} min", flush=True)
     started = time.monotonic()
     epoch_seconds: list[float] = []
     last = [started]
@@ -158,6 +212,7 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
     metrics = {
         "label": candidate.label, "trial": candidate.trial, "arch_hash": candidate.arch.hash, "init": init,
         "epochs": epochs, "epochs_run": result.epochs_run, "stopped_for_time": result.stopped_early,
+        "epoch_seconds_estimate": estimate, "max_minutes": max_minutes,
         "resolution": resolution, "batch_size": batch_size, "lr": lr, "val_curve": result.curve,
         "test_curve": result.test_curve, "val_accuracy": result.accuracy, "test_accuracy": result.test_curve[-1],
         "proxy_accuracy": candidate.proxy_accuracy, "proxy_resolution": config.get("proxy_resolution"),
@@ -165,6 +220,14 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int = DEFAULT_EP
     }
     atomic_write(done, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _checkpoint_epochs(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epochs"])
+    except Exception as exc:  # truncated or foreign file
+        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__}); "
+                        "delete it to start over") from None
 
 
 def proxy_fidelity(run_dir: Path) -> dict[str, Any] | None:

@@ -319,7 +319,7 @@ __all__ = ["TrainResult", "TrainingDiverged", "evaluate", "seed_everything", "tr
 
 def build_parser() -> Any:
     from nas.cli import Parser, positive_float, positive_int
-    from nas.final import DEFAULT_EPOCHS, DEFAULT_MAX_MINUTES
+    from nas.final import DEFAULT_MAX_MINUTES
 
     p = Parser(prog="python -m nas.train",
                description="Final training of a search run's winner at the target resolution (resumable).")
@@ -328,7 +328,8 @@ def build_parser() -> Any:
     which.add_argument("--winner", type=positive_int, default=None, help="winner rank (default: 1, the best)")
     which.add_argument("--top", type=positive_int, default=None,
                        help="train the K best winners and every baseline, then report the proxy's Kendall tau")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help=f"epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs (default: as many as fit --max-minutes, sized from a few timed training steps)")
     p.add_argument("--init", choices=("proxy", "scratch"), default="proxy",
                    help="start from the proxy weights (default) or from a fresh initialisation")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     for candidate in chosen:
         if not args.quiet:
             print(f"final training of {candidate.label} ({candidate.arch.hash}) at "
-                  f"{config.get('target_resolution')} px from {args.init} weights, {args.epochs} epochs ...",
+                  f"{config.get('target_resolution')} px from {args.init} weights ...",
                   flush=True)
         metrics = final.train_final(run_dir, candidate, epochs=args.epochs, init=args.init, batch_size=args.batch_size,
                                     lr=lr, threads=args.threads or config.get("threads"),

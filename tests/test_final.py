@@ -70,6 +70,14 @@ def test_final_training_resumes_and_compress_uses_it(tmp_path: Path) -> None:
                                                  strict=True))
 
 
+def test_epochs_are_sized_by_a_measurement() -> None:
+    splits = load_dataset(None, TARGET, limit=300)
+    seconds = final.estimate_epoch_seconds(build_model(tiny_arch("mbconv")), splits, 16, threads=2)
+    assert 0 < seconds < 60
+    assert final.auto_epochs(60.0, 15) == final.MAX_AUTO_EPOCHS  # 13 fit: capped
+    assert final.auto_epochs(300.0, 15) == 2 and final.auto_epochs(5000.0, 15) == 1
+
+
 def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     candidate = final.winner_candidate(run, None)
