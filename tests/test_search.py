@@ -10,6 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from nas.errors import UserError
+
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
 FAST = ["--space", str(TINY_SPACE), "--epochs", "1", "--limit", "300", "--quick-latency", "--quiet",
         "--no-baselines", "--threads", "2"]
@@ -113,6 +115,21 @@ def test_run_identity_is_validated() -> None:
     for key, bad in (("budget_ms", -1.0), ("threads", 0), ("eta", 1), ("epochs", "3"), ("colour", "red")):
         with pytest.raises(ValidationError):
             RunIdentity(**{**good, key: bad})
+
+
+def test_a_worker_with_another_identity_cannot_join_the_study() -> None:
+    """Workers sharing a storage but not a run directory are checked against the study's record."""
+    from nas.identity import RunIdentity
+    from nas.search import check_study_identity
+
+    good = dict(budget_ms=5.0, space_file="s.yaml", space={}, proxy_resolution=64, target_resolution=224, data=None,
+                limit=None, num_classes=10, seed=0, epochs=3, batch_size=64, lr=2e-3, min_epochs=1, eta=3,
+                sampler="nsga2", backend="openvino", precision="fp32", threads=2, latency_settings={}, machine="m")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    check_study_identity(study, RunIdentity(**good))  # the first worker records it
+    check_study_identity(study, RunIdentity(**{**good, "space_file": "/elsewhere/s.yaml"}))  # same space, other path
+    with pytest.raises(UserError, match=r"study 'no-name.*lr differs.*0.002 -> 0.001"):
+        check_study_identity(study, RunIdentity(**{**good, "lr": 1e-3}))
 
 
 def test_over_budget_trials_are_never_trained(tmp_path: Path) -> None:
