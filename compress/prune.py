@@ -155,13 +155,13 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
         return stats.ms
 
     train_resolution = target.train_resolution
+    model = target.fp32_model()  # first: unreadable weights are a one-line error with nothing printed before
     if not quiet:
         print(f"starting from the {target.weights} weights of {target.winner.directory.name}; fine-tuning and "
               f"accuracy at {train_resolution} px"
               + ("" if target.weights == "final" else " (no final training yet: python -m nas.train)"),
               file=sys.stderr)
     splits = target.splits(train_resolution)
-    model = target.fp32_model()
     original = copy.deepcopy(model).eval()
     if target_ms is not None and (start_ms := latency(model)) <= target_ms:
         raise UserError(f"the winner already runs in {start_ms:.3f} ms <= --target-ms {target_ms}")
