@@ -261,7 +261,8 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     from nas.final import final_markdown
 
     summary = summary_md(config, trials, winners, run_machine(run_dir))
-    atomic_write(run_dir / "summary.md", summary + "\n".join(final_markdown(run_dir)))
+    final = final_markdown(run_dir)
+    atomic_write(run_dir / "summary.md", summary + ("\n" + "\n".join(final) if final else ""))
     atomic_write(run_dir / "front.json", json.dumps(
         [{"rank": r, "trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
           "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners], indent=2))
