@@ -93,8 +93,7 @@ def _check_model_file(path: Path) -> None:
 
 
 def _openvino(path: Path, threads: int | None) -> Predictor:
-    from nas.latency import compile_openvino, count_fake_quantize
-    from nas.latency._backends import ov_core
+    from nas.latency import compile_openvino, count_fake_quantize, ov_core
 
     try:
         with _quiet_fd2():

@@ -22,6 +22,7 @@ from nas.latency._backends import (
     device_name,
     ir_precision,
     openvino_config,
+    ov_core,
     ov_read,
     runtime_version,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "measure",
     "measure_ir",
     "openvino_config",
+    "ov_core",
     "ov_read",
     "runtime_version",
     "summarize",
