@@ -259,7 +259,10 @@ def is_live(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def describe(arch: Arch | dict[str, Any]) -> str:
-    """A compact one-line description, e.g. 'dsconv16 > mbconv2x24 catm3x64 litemla2x128 > evit'."""
+    """A compact one-line description, e.g. 'dsconv:16 > mbconv 2x24, catm 3x64, litemla 2x128 > evit'.
+
+    stem kind:width, then each stage as mixer depth x width (a `conv2` stem of width 24 reads
+    `conv2:24`, never `conv224`)."""
     arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
-    stages = " ".join(f"{s.mixer}{s.depth}x{s.width}" for s in arch.stages)
-    return f"{arch.stem_kind}{arch.stem_width} > {stages} > {arch.head_kind}"
+    stages = ", ".join(f"{s.mixer} {s.depth}x{s.width}" for s in arch.stages)
+    return f"{arch.stem_kind}:{arch.stem_width} > {stages} > {arch.head_kind}"

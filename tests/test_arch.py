@@ -43,3 +43,12 @@ def test_arch_is_frozen() -> None:
     except AttributeError:
         return
     raise AssertionError("Arch should be immutable")
+
+
+def test_one_line_description_is_unambiguous() -> None:
+    from nas.objective import describe
+    from nas.presets import load_preset
+
+    text = describe(load_preset("casvit_xs"))
+    assert text.startswith("conv2:") and " > " in text and text.endswith("> cas"), text
+    assert "catm 2x" in text  # mixer, depth x width per stage
