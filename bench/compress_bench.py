@@ -16,7 +16,7 @@ Prints a table; writes bench/results/compress_bench[_quick].json.
     python -m bench.compress_bench            # ~12-15 min on 2 cores
 
 This CPU has AVX2 but no VNNI/AVX-512: INT8 ran at only 0.72-0.93x of FP32 on the published models
-here (design.md), so (a) is expected to miss 0.6; the numbers are reported as measured.
+here (measured on that machine), so (a) is expected to miss 0.6; the numbers are reported as measured.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m compress.prune [--run R] [--winner K] [--target-ms T | --ratio P] [--epochs N] [--distill]
 
-What is pruned, per block kind (seeds-brief 2.7, 3.4, 4.7; design.md "Known traps"):
+What is pruned, per block kind (from the published layouts and what torch-pruning traces here):
 - MBConv: the expanded (hidden) channels; MBConv-only stages also their residual width.
 - EfficientViT LiteMLA: the attention internals (qkv 1x1, the DW + grouped 1x1 aggregators with
   groups = 3h, the reshape to (heads, 3d, N)) are ignored layers, so heads stay whole and the
@@ -171,7 +171,7 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
         train_proxy(model, splits, epochs=epochs, teacher=original if distill else None, threads=target.threads,
                     progress=not quiet)
     model.eval()
-    # The final comparison is interleaved (design.md: slow spells hit one-off measurements unevenly).
+    # The final comparison is interleaved (slow spells of this shared machine hit one-off measurements unevenly).
     before_ms, after_ms = interleaved_latency([original, model], latency)
     before = snapshot(original, resolution, evaluate(original, splits.val), before_ms)
     after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)

@@ -21,7 +21,7 @@ def example_input(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tenso
 
 
 def export_onnx(model: nn.Module, path: str | Path, resolution: int, opset: int = ONNX_OPSET) -> Path:
-    """TorchScript-based exporter (dynamo=False): the dynamo one drops tiny eps adds (design.md)."""
+    """TorchScript-based exporter (dynamo=False): the dynamo one drops tiny eps adds (1e-15 -> NaNs in ONNX Runtime)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

@@ -2,7 +2,7 @@
 
 The estimate is the *minimum of the pass medians*: on these shared machines slow periods of
 seconds make whole passes 1.3-1.9x slower, so the fastest pass median estimates the quiet machine
-while a median over everything drifts with the load (design.md, "Known traps"). The overall median,
+while a median over everything drifts with the load. The overall median,
 p90, IQR and CVs are kept so a reader can see how much to trust the estimate.
 """
 

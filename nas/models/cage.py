@@ -1,6 +1,7 @@
 """CageViT reconstruction: CAM-guided token selection, minor-token fusion, Gated Linear SRA.
 
-No official code exists (seeds-brief §3), so every free choice below is ours and documented:
+No official code exists (the paper describes the design in prose only), so every free choice
+below is ours and documented:
 
 - Guide: a *self-guided* weighted class activation on the stage's own input, no second network
   and no gradients at inference: CAM = 1x1 conv C->G (G guide classes), p = softmax(GAP(CAM)),

@@ -1,6 +1,6 @@
 """CAS-ViT: AdditiveBlock with the Convolutional Additive Token Mixer (CATM).
 
-Faithful to the reference layout (seeds-brief §2): BatchNorm pre-norms, a 1-channel ReLU spatial
+Faithful to the published reference layout: BatchNorm pre-norms, a 1-channel ReLU spatial
 gate, an SE-like channel gate with no bottleneck, a depthwise 3x3 output projection, a
 LocalIntegration branch first, no layer-scale. No matmul, no softmax.
 """

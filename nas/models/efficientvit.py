@@ -1,9 +1,9 @@
 """EfficientViT (MIT): LiteMLA, ReLU linear attention with multi-scale aggregation, + MBConv FFN.
 
-Faithful to seeds-brief §4: per-head interleaved [q|k|v] layout, DW 5x5 + grouped 1x1 (groups=3h)
+Faithful to the published reference: per-head interleaved [q|k|v] layout, DW 5x5 + grouped 1x1 (groups=3h)
 aggregation, ReLU kernel on q and k, no softmax and no sqrt(d) scale, 2C->C projection with BN,
 no pre-norm. Two deliberate deviations, both numerically the same function:
-- eps = 1e-5 (not 1e-15): tiny eps is dropped by ONNX optimisers and gives 0/0 NaNs (design.md).
+- eps = 1e-5 (not 1e-15): tiny eps is dropped by ONNX optimisers and gives 0/0 NaNs.
 - the denominator is phi(q) . sum_N phi(k) instead of padding v with a row of ones: no Pad op,
   friendlier to opset-pinned exporters and NPUs.
 """
