@@ -28,6 +28,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.conftest import TinyRun, copy_run
+
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
 FAST = ["--space", str(TINY_SPACE), "--epochs", "1", "--limit", "100", "--quick-latency", "--quiet",
         "--no-baselines", "--threads", "1", "--backend", "torch", "--batch-size", "32"]
@@ -115,14 +117,6 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    results = tmp_path_factory.mktemp("finished")
-    out = search(results, "run", "--budget-ms", "1000", "--trials", "3")
-    assert out.returncode == 0, out.stderr
-    return results / "run"
-
-
 # --- 1. kill and resume ------------------------------------------------------------------------
 
 KILL_ROUNDS = [  # (VITNAS_FAULTS for the round, what it hits); trial numbers follow from the retries
@@ -133,6 +127,7 @@ KILL_ROUNDS = [  # (VITNAS_FAULTS for the round, what it hits); trial numbers fo
 ]
 
 
+@pytest.mark.slow
 def test_kill_at_every_phase_then_resume_loses_nothing(tmp_path: Path) -> None:
     run_dir, trials = tmp_path / "kill", 4
     before: dict[int, tuple] = {}
@@ -163,6 +158,7 @@ def test_kill_at_every_phase_then_resume_loses_nothing(tmp_path: Path) -> None:
     assert not leftovers, "the resumed report removes the killed one's temporary files"
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path: Path) -> None:
     rng, run_dir, trials = random.Random(6), tmp_path / "random", 5
     before: dict[int, tuple] = {}
@@ -241,6 +237,7 @@ def assert_workers_shared_the_study(study: optuna.Study, trials: int, trace: Pat
           f"{len(overlaps)} overlaps")
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_journal_study(tmp_path: Path) -> None:
     journal, trace, trials = tmp_path / "journal.log", tmp_path / "trace.log", 6
     run_workers(tmp_path, f"journal:{journal}", trials, trace)
@@ -285,6 +282,7 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgres_study(tmp_path: Path, postgres_url: str) -> None:
     trace, trials = tmp_path / "trace.log", 4
     run_workers(tmp_path, postgres_url, trials, trace)
@@ -312,6 +310,25 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
     return run_many([[sys.executable, "-m", module, *args]])[0]
 
 
+def in_process(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` as its `main` under `run_cli` (start-up would dominate a real process);
+    stderr is captured at the file-descriptor level by the `capfd` fixture of the calling test."""
+    from nas.errors import run_cli
+
+    main = importlib.import_module(module + (".__main__" if module in ("nas.latency", "nas.models") else "")).main
+    try:
+        code = run_cli(main, list(args))
+    except SystemExit as exc:  # argparse's own exit: not turned into one line
+        code = exc.code
+    return subprocess.CompletedProcess(module, code, "", "")
+
+
+def capture(capfd: pytest.CaptureFixture[str], module: str, *args: str) -> subprocess.CompletedProcess:
+    capfd.readouterr()
+    out = in_process(module, *args)
+    return subprocess.CompletedProcess(out.args, out.returncode, "", capfd.readouterr().err)
+
+
 def run_many(cmds: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Run commands concurrently (they are mostly interpreter start-up) and collect their results."""
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with())
@@ -329,85 +346,80 @@ def assert_one_line_exit_2(out: subprocess.CompletedProcess, expected: str) -> N
 @pytest.mark.parametrize(("module", "args", "expected"), BAD_CLI,
                          ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_arguments_to_every_cli_are_one_line_exit_2(module: str, args: list[str], expected: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
     """In process (the CLIs' `main` under `run_cli`, as `python -m` runs them): start-up would dominate."""
-    from nas.errors import run_cli
-
-    main = importlib.import_module(module + (".__main__" if module in ("nas.latency", "nas.models") else "")).main
-    try:
-        code = run_cli(main, args)
-    except SystemExit as exc:  # argparse's own exit: not turned into one line
-        code = exc.code
-    err = capsys.readouterr().err
-    assert_one_line_exit_2(subprocess.CompletedProcess(module, code, "", err), expected)
+    assert_one_line_exit_2(capture(capfd, module, *args), expected)
 
 
-def test_missing_or_corrupt_dataset_is_one_line_exit_2(tmp_path: Path) -> None:
+def test_missing_or_corrupt_dataset_is_one_line_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     for cls in ("a", "b"):
         (tmp_path / "corrupt" / cls).mkdir(parents=True)
         for i in range(3):
             (tmp_path / "corrupt" / cls / f"{i}.png").write_bytes(os.urandom(300))
-    assert_one_line_exit_2(search(tmp_path, "x", "--data", str(tmp_path / "empty")), "directory is empty")
-    assert_one_line_exit_2(search(tmp_path, "x", "--data", str(tmp_path / "corrupt")), "cannot read image")
+    assert_one_line_exit_2(search(tmp_path, "x", "--data", str(tmp_path / "empty")), "directory is empty")  # real
+    args = search_cmd(tmp_path, "x", "--data", str(tmp_path / "corrupt"))[3:]
+    assert_one_line_exit_2(capture(capfd, "nas.search", *args), "cannot read image")
     assert not (tmp_path / "x").exists(), "a refused search leaves no run behind"
 
 
-def copy_run(run: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "copy"
-    shutil.copytree(run, copy)
-    return copy
-
-
-def test_corrupt_winner_weights_are_one_line_exit_2(finished_run: Path, tmp_path: Path) -> None:
-    run = copy_run(finished_run, tmp_path)
+def test_corrupt_winner_weights_are_one_line_exit_2(tiny_run: TinyRun, tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run, tmp_path).path
     (sorted((run / "winners").iterdir())[0] / "weights.pt").write_bytes(b"not a checkpoint" * 10)
-    assert_one_line_exit_2(run_module("compress.prune", "--run", str(run), "--ratio", "0.3"), "weights.pt")
+    assert_one_line_exit_2(capture(capfd, "compress.prune", "--run", str(run), "--ratio", "0.3"), "weights.pt")
 
 
-def test_corrupt_winner_or_config_is_one_line_exit_2(finished_run: Path, tmp_path: Path) -> None:
-    run = copy_run(finished_run, tmp_path)
+def test_corrupt_winner_or_config_is_one_line_exit_2(tiny_run: TinyRun, tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run, tmp_path).path
     winner = sorted((run / "winners").iterdir())[0]
     (winner / "arch.yaml").write_text("stages: [[[ not yaml")
-    assert_one_line_exit_2(run_module("compress.quantize", "--run", str(run)), "arch.yaml")
+    assert_one_line_exit_2(capture(capfd, "compress.quantize", "--run", str(run)), "arch.yaml")
     (run / "config.yaml").write_text("- just\n- a list\n")
-    assert_one_line_exit_2(run_module("nas.report", "--run", str(run)), "config.yaml")
+    assert_one_line_exit_2(capture(capfd, "nas.report", "--run", str(run)), "config.yaml")
 
 
-def test_corrupt_study_is_one_line_exit_2(finished_run: Path, tmp_path: Path) -> None:
-    run = copy_run(finished_run, tmp_path)
+def test_corrupt_study_is_one_line_exit_2(tiny_run: TinyRun, tmp_path: Path) -> None:
+    run = copy_run(tiny_run, tmp_path).path
     (run / "study.db").write_bytes(os.urandom(4096))
-    assert_one_line_exit_2(run_module("nas.report", "--run", str(run)), "cannot open the study")
+    assert_one_line_exit_2(run_module("nas.report", "--run", str(run)), "cannot open the study")  # real process
 
 
-def test_bad_input_against_an_existing_run_changes_nothing(finished_run: Path, tmp_path: Path) -> None:
-    before = tree_digest(finished_run)
+def test_bad_input_against_an_existing_run_changes_nothing(tiny_run: TinyRun, tmp_path: Path,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    before = tree_digest(tiny_run.path)
     (tmp_path / "empty").mkdir()
-    results, run = str(finished_run.parent), finished_run.name
-    attempts = run_many([
-        search_cmd(finished_run.parent, run, "--budget-ms", "3", "--trials", "3"),  # other settings: refused
-        search_cmd(finished_run.parent, run, "--budget-ms", "1000", "--data", str(tmp_path / "empty")),
-        search_cmd(finished_run.parent, run, "--budget-ms", "1000", "--storage", "nosuchdb://x"),
-        [sys.executable, "-m", "nas.report", "--run", str(finished_run), "--storage", "sqlite:////no/such/x.db"],
-        [sys.executable, "-m", "compress.prune", "--run", str(finished_run), "--ratio", "5"],
-    ])
-    for out in attempts:
-        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
-    assert tree_digest(finished_run) == before, f"{results}/{run} changed"
+    other_budget = tiny_run.args("--trials", "3")
+    other_budget[other_budget.index("--budget-ms") + 1] = "3"
+    attempts = [
+        ("nas.search", other_budget),  # other settings: refused
+        ("nas.search", tiny_run.args("--data", str(tmp_path / "empty"))),
+        ("nas.search", tiny_run.args("--storage", "nosuchdb://x")),  # same settings, unusable storage
+        ("nas.report", ["--run", str(tiny_run.path), "--storage", "sqlite:////no/such/x.db"]),
+        ("compress.prune", ["--run", str(tiny_run.path), "--ratio", "5"]),
+    ]
+    for module, args in attempts:
+        out = capture(capfd, module, *args)
+        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, (module, args, out.stderr)
+    assert tree_digest(tiny_run.path) == before, f"{tiny_run.path} changed"
 
 
-def test_budget_no_architecture_meets(tmp_path: Path) -> None:
-    out = search(tmp_path, "tight", "--budget-ms", "0.0001", "--trials", "2")
+def test_budget_no_architecture_meets(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    out = capture(capfd, "nas.search", *search_cmd(tmp_path, "tight", "--budget-ms", "0.0001", "--trials", "2")[3:])
     assert out.returncode == 0, out.stderr  # the search worked; its answer is "nothing fits"
     assert [line for line in out.stderr.splitlines() if line.startswith("no feasible architecture")]
-    assert "**No feasible architecture**" in (tmp_path / "tight" / "summary.md").read_text()
+    summary = (tmp_path / "tight" / "summary.md").read_text()
+    assert "**No feasible architecture**" in summary and "no trained trial within the budget" in summary
     assert json.loads((tmp_path / "tight" / "front.json").read_text()) == []
-    assert_one_line_exit_2(run_module("compress.prune", "--run", str(tmp_path / "tight"), "--ratio", "0.3"),
+    assert not (tmp_path / "tight" / "checkpoints").exists(), "over-budget trials are never trained"
+    assert_one_line_exit_2(capture(capfd, "compress.prune", "--run", str(tmp_path / "tight"), "--ratio", "0.3"),
                            "no winners")
 
 
 # --- 4. numerical and runtime faults -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_faulty_trials_fail_with_reason_and_the_search_goes_on(tmp_path: Path) -> None:
     out = search(tmp_path, "faults", "--budget-ms", "1000", "--trials", "2",
                  env=env_with(VITNAS_FAULTS="latency:0,export:1,train:2"))
@@ -422,6 +434,7 @@ def test_faulty_trials_fail_with_reason_and_the_search_goes_on(tmp_path: Path) -
     assert "trial 2 failed: InjectedFault: injected train fault" in out.stderr
 
 
+@pytest.mark.slow
 def test_diverging_training_fails_trials_then_stops_with_exit_1(tmp_path: Path) -> None:
     out = search(tmp_path, "diverge", "--budget-ms", "1000", "--trials", "8", "--lr", "1e9", "--batch-size", "8")
     assert out.returncode == 1, out.stderr
