@@ -6,6 +6,7 @@ Real data (bundled MNIST, an ImageFolder of real digit images), real training of
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from compress._target import load_target
 from nas import final
 from nas.data import load_dataset
-from nas.errors import UserError
+from nas.errors import UserError, run_cli
 from nas.models import build_model
 from nas.runs import save_winner
 from nas.train import train_proxy
@@ -27,6 +28,7 @@ from tests.conftest import tiny_arch
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY, TARGET = 16, 32
+T = 1  # one thread: on 2 shared cores a busy neighbour stalls 2-thread steps of tiny nets
 
 
 def make_run(directory: Path, data: str | None = None, seed: int = 0, limit: int = 700) -> Path:
@@ -40,25 +42,35 @@ def make_run(directory: Path, data: str | None = None, seed: int = 0, limit: int
     arch = tiny_arch("catm")
     torch.manual_seed(0)
     model = build_model(arch)
-    accuracy = train_proxy(model, splits, epochs=2, batch_size=16, lr=3e-3, threads=2).accuracy
+    accuracy = train_proxy(model, splits, epochs=2, batch_size=16, lr=3e-3, threads=T).accuracy
     save_winner(directory, 1, arch, model.state_dict(), {"accuracy": accuracy, "trial": 0})
     return directory
 
 
-def test_final_training_resumes_and_compress_uses_it(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run")
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with one winner trained on bundled MNIST; tests that change it take a copy."""
+    return make_run(tmp_path_factory.mktemp("final") / "run")
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_final_training_resumes_and_compress_uses_it(mnist_run: Path, tmp_path: Path) -> None:
+    run = copy_of(mnist_run, tmp_path)
     candidate = final.winner_candidate(run, None)
     # A time cap that one epoch already exceeds: stops after epoch 1 with a checkpoint (like a kill).
-    first = final.train_final(run, candidate, epochs=3, batch_size=16, lr=2e-3, threads=2, max_minutes=1e-6,
+    first = final.train_final(run, candidate, epochs=3, batch_size=16, lr=2e-3, threads=T, max_minutes=1e-6,
                               progress=False)
     assert first["epochs_run"] == 1 and first["stopped_for_time"]
     assert (final.final_dir(run, candidate.arch.hash) / "checkpoint.pt").is_file()
-    done = final.train_final(run, candidate, epochs=3, batch_size=16, lr=2e-3, threads=2, progress=False)
+    done = final.train_final(run, candidate, epochs=3, batch_size=16, lr=2e-3, threads=T, progress=False)
     assert done["epochs_run"] == 3 and len(done["test_curve"]) == 3
     assert done["val_curve"][0] == first["val_curve"][0]  # continued, not restarted
     # 10 classes, chance 0.1; measured 0.7 test after 3 epochs (490 train images at 32 px)
     assert done["resolution"] == TARGET and done["test_accuracy"] > 0.4
-    again = final.train_final(run, candidate, epochs=3, progress=False)
+    again = final.train_final(run, candidate, epochs=3, threads=T, progress=False)
     assert again.get("already_done") and again["test_accuracy"] == done["test_accuracy"]
 
     target = load_target(run, None)
@@ -72,14 +84,14 @@ def test_final_training_resumes_and_compress_uses_it(tmp_path: Path) -> None:
 
 def test_epochs_are_sized_by_a_measurement() -> None:
     splits = load_dataset(None, TARGET, limit=300)
-    seconds = final.estimate_epoch_seconds(build_model(tiny_arch("mbconv")), splits, 16, threads=2)
+    seconds = final.estimate_epoch_seconds(build_model(tiny_arch("mbconv")), splits, 16, threads=T)
     assert 0 < seconds < 60
     assert final.auto_epochs(60.0, 15) == final.MAX_AUTO_EPOCHS  # 13 fit: capped
     assert final.auto_epochs(300.0, 15) == 2 and final.auto_epochs(5000.0, 15) == 1
 
 
-def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run")
+def test_corrupt_checkpoint_is_a_user_error(mnist_run: Path, tmp_path: Path) -> None:
+    run = copy_of(mnist_run, tmp_path)
     candidate = final.winner_candidate(run, None)
     path = final.final_dir(run, candidate.arch.hash) / "checkpoint.pt"
     path.parent.mkdir(parents=True)
@@ -88,14 +100,19 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
         final.train_final(run, candidate, epochs=1, progress=False)
 
 
-def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run")
-    for args in (["--run", str(tmp_path / "nope")], ["--run", str(run), "--winner", "9"],
-                 ["--run", str(run), "--epochs", "0"]):
-        result = subprocess.run([sys.executable, "-m", "nas.train", *args], cwd=ROOT, capture_output=True,
-                                text=True, timeout=120)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+def test_cli_bad_input_is_one_line_exit_2(mnist_run: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from nas.train import main
+
+    result = subprocess.run([sys.executable, "-m", "nas.train", "--run", str(tmp_path / "nope")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # the real process, once
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for args, expected in ((["--run", str(mnist_run), "--winner", "9"], "--winner 9"),
+                           (["--run", str(mnist_run), "--epochs", "0"], "--epochs")):
+        assert run_cli(main, args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
 
 
 def write_digit_folder(root: Path) -> None:
