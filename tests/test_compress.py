@@ -47,7 +47,7 @@ def make_run(directory: Path, arch: Arch, train: bool = True) -> Path:
     if train:
         # small batches: enough steps for clear logit margins, so INT8-vs-FP32 agreement means something
         accuracy = train_proxy(model, load_dataset(None, RESOLUTION, limit=800), epochs=2, batch_size=16, lr=3e-3,
-                               threads=2).accuracy
+                               threads=1).accuracy
     save_winner(directory, 1, arch, model.state_dict(), {"accuracy": accuracy})
     return directory
 
@@ -124,8 +124,9 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
             assert info["finite"] and info["max_abs_diff"] < 1e-3, (name, kind, info)
             assert info["top1_agreement"] >= 0.98, (name, kind, info)
             assert info["latency"]["estimate_ms"] > 0
-    # most samples: a ~50%-accurate 2-epoch model has small margins (per-kind tiny models gave >= 0.8)
-    assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.6
+    # a ~40%-accurate 2-epoch model has small logit margins: measured 0.89 (57 of 64 images); a broken
+    # quantization (wrong scales, a reverted input conversion) agrees near chance, 0.1
+    assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.8
     assert variants["pruned"]["params"] < variants["fp32"]["params"]
 
     assert variants["int8"]["files"]["xml"]["precision"] == "int8"
