@@ -11,6 +11,8 @@ from nas.presets import list_presets, load_preset, published_counts
 from tests.export_check import assert_close, onnx_logits, openvino_logits, torch_logits
 
 PRESETS = list_presets()
+DEFAULT_RUN = {"casvit_xs", "efficientvit_b0", "cagevit"}  # the smallest of each family; the rest: -m slow
+BY_FAMILY = [n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow) for n in PRESETS]
 EXPECTED = {"casvit_xs", "casvit_s", "casvit_m", "casvit_t", "efficientvit_b0", "efficientvit_b1",
             "efficientvit_b2", "cagevit"}
 
@@ -31,7 +33,7 @@ def test_parameter_count_matches_publication(name: str) -> None:
         assert macs / 1e9 == pytest.approx(published[name]["macs_g"], rel=tolerance["macs"])
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", BY_FAMILY)
 def test_forward_backward_two_resolutions(name: str) -> None:
     model = build_model(load_preset(name, num_classes=10)).train()
     for resolution in (64, 96):
@@ -41,7 +43,7 @@ def test_forward_backward_two_resolutions(name: str) -> None:
         model.zero_grad()
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", BY_FAMILY)
 def test_preset_exports_to_onnx_and_openvino(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = build_model(load_preset(name))
