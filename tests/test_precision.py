@@ -68,7 +68,7 @@ def _openvino_vs_torch(mixer: str, resolution: int, precision: str, n: int = 16)
     images = torch.randn(n, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(images).numpy()
-    compiled = compile_openvino(convert_openvino(model, resolution), threads=2, precision=precision)
+    compiled = compile_openvino(convert_openvino(model, resolution), threads=1, precision=precision)
     out = np.concatenate([compiled(image[None].numpy())[0] for image in images])
     return _relative_diff(out, reference), float((out.argmax(-1) == reference.argmax(-1)).mean())
 
