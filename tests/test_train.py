@@ -126,9 +126,11 @@ def test_distillation_runs(splits: Splits) -> None:
     teacher_before = [p.clone() for p in teacher.parameters()]
     result = train_proxy(tiny_net(seed=4), splits, epochs=1, threads=T, warmup_epochs=0.3, teacher=teacher,
                          distill_alpha=0.7, distill_temperature=2.0)
-    assert 0.0 <= result.accuracy <= 1.0 and math.isfinite(result.train_loss[0])
+    assert math.isfinite(result.train_loss[0])
     assert all(torch.equal(p, q) for p, q in zip(teacher.parameters(), teacher_before, strict=True))
     assert result.accuracy > 0.2
+    alone = train_proxy(tiny_net(seed=4), splits, epochs=1, threads=T, warmup_epochs=0.3)
+    assert alone.train_loss != result.train_loss  # the teacher's term is in the loss
 
 
 def test_lock_held_during_epochs_released_between(splits: Splits) -> None:
@@ -144,8 +146,12 @@ def test_evaluate_dataset_or_batches_and_mode_restored(splits: Splits) -> None:
     model = tiny_net()
     model.train()
     acc = evaluate(model, splits.val, batch_size=64)
-    assert acc == evaluate(model, batches(splits.val, 50)) and 0.0 <= acc <= 1.0
+    assert acc == evaluate(model, batches(splits.val, 50))
     assert model.training
+    images, labels = splits.val.batch(torch.arange(len(splits.val)))
+    with torch.no_grad():
+        expected = (model.eval()(images).argmax(-1) == labels).float().mean().item()
+    assert acc == pytest.approx(expected)  # top-1 accuracy over every validation image
 
 
 def test_threads_restored_and_shape_mismatch(splits: Splits) -> None:
