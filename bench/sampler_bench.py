@@ -37,7 +37,8 @@ import optuna
 if __package__ in (None, ""):  # `python bench/sampler_bench.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nas.arch import MIXERS, Arch
+from nas.arch import Arch
+from nas.mixers import mixer_names
 from nas.space import SearchSpace, load_space
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,7 +73,7 @@ def features(arch: Arch, stages: int) -> np.ndarray:
     out: list[float] = []
     for i in range(stages):
         stage = arch.stages[i] if i < len(arch.stages) else None
-        for mixer in MIXERS:
+        for mixer in mixer_names():
             on = float(stage is not None and stage.mixer == mixer)
             d = float(stage.depth) if stage else 0.0
             w = stage.width / 64 if stage else 0.0

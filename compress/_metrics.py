@@ -1,30 +1,12 @@
-"""Model size measures: parameters, MACs (thop), bytes on disk."""
+"""Model size measures: parameters and MACs (the project counter, nas.models.counting), bytes on disk."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 from pathlib import Path
 
-import torch
-from torch import nn
+from nas.models.counting import count_macs, count_params
 
-from nas.export import example_input
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, resolution: int) -> int:
-    """Multiply-accumulates of one batch-1 forward pass (thop; matmuls between activations excluded)."""
-    from thop import profile
-
-    clone = copy.deepcopy(model).eval()  # thop adds buffers to every module: keep the caller's clean
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        macs, _ = profile(clone, inputs=(example_input(resolution),), verbose=False)
-    return int(macs)
+__all__ = ["count_macs", "count_params", "size_on_disk"]
 
 
 def size_on_disk(*paths: Path) -> int:

@@ -2,20 +2,10 @@
 
     python -m compress.prune [--run R] [--winner K] [--target-ms T | --ratio P] [--epochs N] [--distill]
 
-What is pruned, per block kind (from the published layouts and what torch-pruning traces here):
-- MBConv: the expanded (hidden) channels; MBConv-only stages also their residual width.
-- EfficientViT LiteMLA: the attention internals (qkv 1x1, the DW + grouped 1x1 aggregators with
-  groups = 3h, the reshape to (heads, 3d, N)) are ignored layers, so heads stay whole and the
-  dependency graph never indexes through that reshape. The MBConv FFN hidden channels and the
-  stage's residual width (qkv input, proj output) are pruned.
-- CAS-ViT CATM: torch-pruning traces `z * gate(z)` (a C->1 gate broadcast over C) and the q/k/v
-  chunk wrongly (it splits the q/k gates off the residual), so the whole mixer is ignored. That
-  keeps q/k/v aligned and the stage width whole; the LocalIntegration and MLP hidden channels are
-  pruned.
-- CageViT Gated Linear SRA: tokens are reshaped into heads in the fusion, attention and
-  broadcast-back, and selection/gather/scatter move whole tokens, so only the MLP hidden channels
-  are pruned (the stage width is left alone).
-- The classifier's output stays. Channel counts are rounded to multiples of 8 (round_to=8).
+What is pruned comes from the model families: each family file in nas/models/ registers
+`PruningRule`s (which of its layers keep their output channels, and why) with its mixer; here they
+are applied to every instance of their module class. The classifier's output stays. Channel counts
+are rounded to multiples of 8 (round_to=8).
 
 With --target-ms the pruner steps the channel ratio up and measures the model (nas.latency, run's
 backend and threads, target resolution) after each step until it is under the target. Then it
@@ -45,36 +35,25 @@ from compress._target import Target, add_target_arguments, load_target, write_js
 from nas.errors import UserError, run_cli
 from nas.export import example_input
 from nas.latency import MeasureSettings, measure
-from nas.models.cage import CageStage
-from nas.models.cas import CATM
-from nas.models.efficientvit import LiteMLA
+from nas.models.registry import pruning_rules
 
 ROUND_TO = 8
 
 
 def ignored_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose output channels must not be pruned (see the module docstring for why)."""
-    ignored: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, LiteMLA):
-            ignored += [module.qkv, *module.aggregators]
-        elif isinstance(module, CATM):
-            ignored.append(module)
-        elif isinstance(module, CageStage):
-            hidden = {id(block.mlp[0]) for block in module.blocks}
-            ignored += [m for m in module.modules()
-                        if isinstance(m, nn.Conv2d | nn.Linear) and id(m) not in hidden]
+    """Layers whose output channels must not be pruned: the families' rules, and the classifier."""
+    rules = pruning_rules()
+    ignored = [layer for module in model.modules() for rule in rules if isinstance(module, rule.module)
+               for layer in rule.frozen_layers(module)]
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
     return ignored + [classifier]
 
 
 def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """CageViT's bare parameters with the dim that holds channels (else torch-pruning guesses, noisily)."""
-    found: list[tuple[nn.Parameter, int]] = []
-    for module in model.modules():
-        if isinstance(module, CageStage):
-            found += [(module.fusion.queries, 1), (module.fusion.embedding, 2)]
-    return found
+    """Bare parameters with the dim that holds channels (else torch-pruning guesses, noisily)."""
+    rules = pruning_rules()
+    return [found for module in model.modules() for rule in rules if isinstance(module, rule.module)
+            for found in rule.unwrapped_parameters(module)]
 
 
 def make_pruner(model: nn.Module, resolution: int, ratio: float, steps: int = 1) -> Any:

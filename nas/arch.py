@@ -14,11 +14,10 @@ from typing import Any
 
 import yaml
 
-MIXERS = ("catm", "litemla", "glsra", "mbconv")
 STEM_KINDS = ("conv2", "dsconv", "patch")
+STEM_STRIDES = {"conv2": 4, "dsconv": 2, "patch": 16}  # output stride of each stem (nas.models.blocks)
 DOWNSAMPLE_KINDS = ("none", "conv", "mbconv")
 HEAD_KINDS = ("cas", "evit", "vit")
-ATTENTION_MIXERS = ("litemla", "glsra")
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class StageSpec:
     width: int
     expand: float = 4.0
     downsample: str = "conv"
-    head_dim: int = 16  # litemla / glsra only
+    head_dim: int = 16  # attention mixers only (nas.mixers says which knobs each mixer reads)
     keep_ratio: float = 0.5  # glsra: share of tokens kept as major tokens
     fusion_tokens: int = 4  # glsra: number of fusion tokens the minor tokens are merged into
     pool_size: int = 7  # glsra: spatial-reduction grid side for keys/values

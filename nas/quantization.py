@@ -1,8 +1,11 @@
 """INT8 rules shared by INT8 latency (nas.latency) and the shipped INT8 model (compress.quantize).
 
-NNCF post-training quantization of an OpenVINO model (`ModelType.TRANSFORMER`), with the ops below
-left in float. Both paths use `quantize_openvino`, so the INT8 latency a search or benchmark sees is
-that of the graph compress.quantize ships.
+NNCF post-training quantization of an OpenVINO model (`ModelType.TRANSFORMER`), with float islands:
+every MatMul of two activations (attention: its range is wide and data-dependent), plus the op
+types and name patterns each model family declares with its mixer (nas/models/<family>.py,
+`QuantizationRules`). The convs and Linears, where the MACs are, are quantized. `keep_float=False`
+measures the cost of this choice. Both paths use `quantize_openvino`, so the INT8 latency a search
+or benchmark sees is that of the graph compress.quantize ships.
 """
 
 from __future__ import annotations
@@ -14,16 +17,6 @@ from typing import Any
 
 import numpy as np
 
-# Ops left in float: the LiteMLA core multiplies activations by activations (k^T v sums over all N
-# tokens, so its range is wide and resolution-dependent) and divides two activations; the CageViT
-# selection (TopK, gathers, scatters) moves indices, not values, and ties flip under INT8; its
-# softmaxes are probability maps a coarse grid flattens. The convs and Linears, where the MACs
-# are, are quantized. `keep_float=False` measures the cost of this choice.
-KEEP_FLOAT_TYPES = ("Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate",
-                    "ScatterUpdate", "ScatterNDUpdate")
-# The CageViT CAM guide decides which tokens are selected; INT8 noise in its scores flips the TopK
-# order, so the whole guide (its 1x1 conv included) stays float.
-GUIDE_PATTERN = re.compile(r".*\.guide[/.].*")
 _PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
 
 
@@ -42,17 +35,20 @@ def activation_matmuls(ov_model: Any) -> list[str]:
 
 
 def keep_float_scope(ov_model: Any) -> tuple[Any, list[str]]:
-    """The IgnoredScope for the ops above, and the names of the ops it matches in this model."""
+    """The IgnoredScope for the float islands, and the names of the ops it matches in this model."""
     import nncf
 
+    from nas.models.registry import float_islands
+
+    rules = float_islands()  # every registered family's: an op type absent from this graph matches nothing
+    patterns = [re.compile(p) for p in rules.patterns]
+    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() != "Constant"]
     names = activation_matmuls(ov_model)
-    matched = names + [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-                       if op.get_type_name() in KEEP_FLOAT_TYPES]
-    guide = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-             if GUIDE_PATTERN.match(op.get_friendly_name()) and op.get_type_name() != "Constant"]
+    matched = names + [op.get_friendly_name() for op in ops if op.get_type_name() in rules.types]
+    matched += [op.get_friendly_name() for op in ops if any(p.match(op.get_friendly_name()) for p in patterns)]
     # validate=False: a pure-conv model has none of these types, which is fine, not an error.
-    return (nncf.IgnoredScope(names=names, types=list(KEEP_FLOAT_TYPES), patterns=[GUIDE_PATTERN.pattern],
-                              validate=False), matched + guide)
+    return (nncf.IgnoredScope(names=names, types=list(rules.types), patterns=list(rules.patterns), validate=False),
+            matched)
 
 
 def quantize_options(ov_model: Any, subset_size: int, keep_float: bool = True) -> tuple[dict[str, Any], list[str]]:

@@ -13,15 +13,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nas.arch import ATTENTION_MIXERS, Arch, StageSpec
+from nas.arch import STEM_STRIDES, Arch, StageSpec
 from nas.errors import ConfigError
-from nas.models.blocks import STEM_STRIDES
+from nas.mixers import OPTIONAL_KNOBS, mixer_info
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
-MixerName = Literal["catm", "litemla", "glsra", "mbconv"]
+
+def _known_mixer(name: str) -> str:
+    mixer_info(name)  # ValueError naming the known mixers
+    return name
+
+
+MixerName = Annotated[str, AfterValidator(_known_mixer)]  # the catalogue in nas.mixers
 StemKind = Literal["conv2", "dsconv", "patch"]
 DownsampleKind = Literal["none", "conv", "mbconv"]
 HeadKind = Literal["cas", "evit", "vit"]
@@ -87,13 +93,14 @@ class StageSpace(_Strict):
 
     @model_validator(mode="after")
     def _heads_divide_widths(self) -> StageSpace:
-        if not set(choices(self.mixer)) & set(ATTENTION_MIXERS):
+        attention = [m for m in choices(self.mixer) if mixer_info(m).attention]
+        if not attention:
             return self
         for width, head_dim in itertools.product(choices(self.width), choices(self.head_dim)):
             if width % head_dim:
                 raise ValueError(
                     f"width {width} is not divisible by head_dim {head_dim} "
-                    f"(attention mixers {list(ATTENTION_MIXERS)} need whole heads)"
+                    f"(attention mixers {attention} need whole heads)"
                 )
         return self
 
@@ -125,11 +132,12 @@ class SearchSpace(_Strict):
             if set(choices(stage.downsample)) - {"none"}:
                 stride *= 2
             side = self.resolution.proxy // stride
-            need = 2 if "glsra" in choices(stage.mixer) else 1
+            mixer = max(choices(stage.mixer), key=lambda m: mixer_info(m).min_side)
+            need = mixer_info(mixer).min_side
             if side < need:
                 raise ValueError(
                     f"stages[{index}]: proxy resolution {self.resolution.proxy} / stride {stride} leaves "
-                    f"a {side}x{side} map; {'glsra needs at least 2x2' if need == 2 else 'it vanishes'} "
+                    f"a {side}x{side} map; {f'{mixer} needs at least {need}x{need}' if need > 1 else 'it vanishes'} "
                     "(raise resolution.proxy or use fewer downsampling stages)"
                 )
         return self
@@ -172,12 +180,9 @@ class SearchSpace(_Strict):
         """The Arch a full parameter dict describes; knobs the chosen mixer/stem/head ignore are dropped."""
         stages = []
         for i in range(len(self.stages)):
-            fields = {name: params[f"s{i}.{name}"] for name in ("mixer", "depth", "width", "expand", "downsample")}
-            if fields["mixer"] in ATTENTION_MIXERS:
-                fields["head_dim"] = params[f"s{i}.head_dim"]
-            if fields["mixer"] == "glsra":
-                for name in ("keep_ratio", "fusion_tokens", "pool_size"):
-                    fields[name] = params[f"s{i}.{name}"]
+            fields = {name: params[f"s{i}.{name}"] for name in BASE_KNOBS}
+            for name in mixer_info(fields["mixer"]).knobs:
+                fields[name] = params[f"s{i}.{name}"]
             stages.append(StageSpec(**fields))
         stem_kind, head_kind = params["stem.kind"], params["head.kind"]
         head_widths = tuple(int(v) for v in params["head.widths"].split("x")) if head_kind == "evit" else ()
@@ -212,8 +217,8 @@ class SearchSpace(_Strict):
         return params, exact
 
 
-STAGE_KNOBS = ("mixer", "depth", "width", "expand", "downsample", "head_dim", "keep_ratio", "fusion_tokens",
-               "pool_size")
+BASE_KNOBS = ("mixer", "depth", "width", "expand", "downsample")  # every mixer reads these
+STAGE_KNOBS = BASE_KNOBS + OPTIONAL_KNOBS
 
 
 def _widths_label(widths: Any) -> str:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nas.arch import Arch, StageSpec
+from nas.mixers import mixer_names
 
 if TYPE_CHECKING:
     from nas.latency import LatencyStats
 
-MIXERS = ("catm", "litemla", "glsra", "mbconv")
+MIXERS = mixer_names()  # the built-in catalogue (nas.mixers), every family the tests build
 
 # A lock of this test session (its search subprocesses inherit it): tests neither wait for nor block
 # the machine's real measurements, nor another test session's.

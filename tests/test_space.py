@@ -110,6 +110,13 @@ def test_good_space_loads() -> None:
     assert load_space(DEFAULT_SPACE).stages
 
 
+def test_validating_a_space_imports_no_torch() -> None:
+    """The mixer catalogue (nas.mixers) is torch-free, so checking a YAML is quick."""
+    code = ("import sys; from nas.space import load_space; from nas.presets import load_preset; load_space(); "
+            "load_preset('cagevit'); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_default_space_samples_buildable_models() -> None:
     space = load_space()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

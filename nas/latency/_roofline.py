@@ -1,8 +1,8 @@
 """Roofline arithmetic: how close a model's measured latency comes to what the CPU can do.
 
 Peak compute is measured, not taken from a datasheet: the best FP32 GEMM throughput of torch
-(oneDNN/MKL) and of OpenVINO at the same thread count. Work is counted with torch's
-FlopCounterMode, which sees matmuls inside attention that module-hook counters (thop) miss.
+(oneDNN/MKL) and of OpenVINO at the same thread count. Work is the project's one MAC counter
+(nas.models.counting: thop plus the attention matmuls and gates written inline), 2 FLOPs per MAC.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nas.export import example_input
+from nas.models.counting import count_macs
 from nas.threads import torch_threads
 
 
@@ -65,21 +66,7 @@ def copy_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 5) -> 
 
 def count_flops(model: nn.Module, resolution: int) -> int:
     """FLOPs of one batch-1 forward pass (a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            model(example_input(resolution))
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
-
-
-def count_macs(model: nn.Module, resolution: int) -> int:
-    return count_flops(model, resolution) // 2
+    return 2 * count_macs(model, resolution)
 
 
 def min_traffic_bytes(model: nn.Module, resolution: int) -> int:

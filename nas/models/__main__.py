@@ -1,24 +1,20 @@
-"""python -m nas.models --preset NAME | --arch FILE: print parameters and MACs (thop) at 224."""
+"""python -m nas.models --preset NAME | --arch FILE: print parameters and MACs (nas.models.counting) at 224."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-import torch
-
+from nas.arch import Arch
 from nas.cli import Parser
 from nas.errors import UserError, run_cli
 
 
-def count(arch, resolution: int) -> dict:
-    from thop import profile
-
-    from nas.models import build_model
+def count(arch: Arch, resolution: int) -> dict:
+    from nas.models import build_model, count_macs, count_params
 
     model = build_model(arch).eval()
-    params = sum(p.numel() for p in model.parameters())
-    macs, _ = profile(model, (torch.randn(1, 3, resolution, resolution),), verbose=False)
+    params, macs = count_params(model), count_macs(model, resolution)
     return {"name": arch.name, "hash": arch.hash, "resolution": resolution,
             "params_m": round(params / 1e6, 3), "macs_g": round(macs / 1e9, 3)}
 

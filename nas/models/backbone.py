@@ -1,62 +1,31 @@
-"""Assemble stem, stages (one mixer family per stage, each with its own downsampling) and head."""
+"""Assemble stem, stages (one mixer family per stage, each with its own downsampling) and head.
+
+The stage bodies come from the mixer registry; the family files register themselves.
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nas.arch import Arch, StageSpec
-from nas.models.blocks import (
-    STEM_STRIDES,
-    CasHead,
-    ConvBN,
-    EfficientViTHead,
-    MBConv,
-    Residual,
-    VitHead,
-    build_stem,
-)
-from nas.models.cage import CageStage
-from nas.models.cas import AdditiveBlock
-from nas.models.efficientvit import EfficientViTBlock
-from nas.models.registry import mixer_builder, register_mixer
-
-
-@register_mixer("catm")
-def _catm_stage(spec: StageSpec) -> nn.Module:
-    return nn.Sequential(*(AdditiveBlock(spec.width, spec.expand) for _ in range(spec.depth)))
-
-
-@register_mixer("litemla")
-def _litemla_stage(spec: StageSpec) -> nn.Module:
-    return nn.Sequential(*(EfficientViTBlock(spec.width, spec.head_dim, spec.expand) for _ in range(spec.depth)))
-
-
-@register_mixer("mbconv")
-def _mbconv_stage(spec: StageSpec) -> nn.Module:
-    return nn.Sequential(
-        *(Residual(MBConv(spec.width, spec.width, expand=spec.expand)) for _ in range(spec.depth))
-    )
-
-
-@register_mixer("glsra")
-def _glsra_stage(spec: StageSpec) -> nn.Module:
-    if spec.depth == 0:
-        return nn.Identity()
-    return CageStage(spec.width, spec.depth, spec.head_dim, spec.keep_ratio, spec.fusion_tokens,
-                     spec.pool_size, spec.expand)
+from nas.arch import STEM_STRIDES, Arch, StageSpec
+from nas.mixers import mixer_info
+from nas.models.blocks import CasHead, ConvBN, EfficientViTHead, MBConv, VitHead, build_stem
+from nas.models.registry import mixer_builder
 
 
 def build_downsample(spec: StageSpec, cin: int) -> nn.Module:
     """The stride-2 entry of a stage.
 
     conv:   CAS-ViT, 3x3 s2 conv (bias) + BN, no activation.
-    mbconv: EfficientViT, MBConv s2 without residual; fewer-norm before attention stages.
+    mbconv: EfficientViT, MBConv s2 without residual; fewer-norm unless the mixer asks for full
+            norm (`MixerInfo.full_norm_downsample`, as EfficientViT before its MBConv stages).
     none:   no resolution change (a 1x1 conv-BN if the width changes).
     """
     if spec.downsample == "conv":
         return ConvBN(cin, spec.width, 3, 2, bias=True)
     if spec.downsample == "mbconv":
-        return MBConv(cin, spec.width, stride=2, expand=spec.expand, fewer_norm=spec.mixer != "mbconv")
+        fewer_norm = not mixer_info(spec.mixer).full_norm_downsample
+        return MBConv(cin, spec.width, stride=2, expand=spec.expand, fewer_norm=fewer_norm)
     if spec.downsample == "none":
         return nn.Identity() if cin == spec.width else ConvBN(cin, spec.width, 1)
     raise ValueError(f"unknown downsample {spec.downsample!r}")

@@ -66,11 +66,8 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-STEM_STRIDES = {"conv2": 4, "dsconv": 2, "patch": 16}
-
-
 def build_stem(kind: str, width: int, depth: int) -> nn.Module:
-    """The input stem; its output stride is STEM_STRIDES[kind].
+    """The input stem; its output stride is nas.arch.STEM_STRIDES[kind].
 
     conv2:  CAS-ViT, two 3x3 stride-2 conv-BN-ReLU, /4.
     dsconv: EfficientViT, 3x3 s2 conv-BN-Hardswish then `depth` residual DSConvs, /2.

@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nas.arch import StageSpec
+from nas.models.registry import PruningRule, QuantizationRules, register_mixer
+
 GUIDE_CLASSES = 16
 POOL_EPS = 1e-6
 TIE_BREAK = 1e-3
@@ -202,3 +205,27 @@ class CageStage(nn.Module):
         update = update.reshape(b, m, heads, -1).transpose(1, 2)  # (B, h, M, d)
         mixed = logits.transpose(-1, -2).softmax(-1) @ update  # (B, h, Nm, d)
         return mixed.transpose(1, 2).reshape(b, -1, c)
+
+
+# Pruning: tokens are reshaped into heads in the fusion, attention and broadcast-back, and the
+# selection/gathers/scatters move whole tokens, so only the MLP hidden channels are pruned (the
+# stage width stays). The fusion queries and embedding are bare parameters with channels on dim 1/2.
+PRUNING = PruningRule(CageStage, frozen=("*",), prunable=("blocks.*.mlp.0",),
+                      unwrapped=(("fusion.queries", 1), ("fusion.embedding", 2)))
+# Quantization: the selection (TopK, gathers, scatters) moves indices, not values, and ties flip
+# under INT8; the softmaxes are probability maps a coarse grid flattens; the guide normalisation and
+# masked pooling divide activations. The CAM guide decides which tokens are selected and INT8 noise
+# in its scores flips the TopK order, so the whole guide (its 1x1 conv included) stays float.
+QUANTIZATION = QuantizationRules(
+    types=("Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate", "ScatterUpdate",
+           "ScatterNDUpdate"),
+    patterns=(r".*\.guide[/.].*",),
+)
+
+
+@register_mixer("glsra", pruning=(PRUNING,), quantization=QUANTIZATION)
+def glsra_stage(spec: StageSpec) -> nn.Module:
+    if spec.depth == 0:
+        return nn.Identity()
+    return CageStage(spec.width, spec.depth, spec.head_dim, spec.keep_ratio, spec.fusion_tokens, spec.pool_size,
+                     spec.expand)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nas.arch import StageSpec
 from nas.models.blocks import ConvBN
+from nas.models.registry import PruningRule, register_mixer
 
 
 class SpatialGate(nn.Module):
@@ -93,3 +95,12 @@ class AdditiveBlock(nn.Module):
         x = x + self.local(x)
         x = x + self.mixer(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+# Pruning: torch-pruning traces `z * gate(z)` (a C->1 gate broadcast over C) and the q/k/v chunk
+# wrongly (it splits the q/k gates off the residual), so the whole mixer keeps its channels; that
+# keeps q/k/v aligned and the stage width whole. LocalIntegration and MLP hidden channels are pruned.
+# Quantization: all of it (no activation-by-activation MatMul, no division, no softmax).
+@register_mixer("catm", pruning=(PruningRule(CATM, frozen=("*",)),))
+def catm_stage(spec: StageSpec) -> nn.Module:
+    return nn.Sequential(*(AdditiveBlock(spec.width, spec.expand) for _ in range(spec.depth)))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from nas.arch import StageSpec
 from nas.models.blocks import ConvBN, MBConv, Residual
+from nas.models.registry import PruningRule, QuantizationRules, register_mixer
 
 LINEAR_ATTENTION_EPS = 1e-5
 
@@ -65,3 +67,16 @@ class EfficientViTBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.local(self.context(x))
+
+
+# Pruning: the attention internals (qkv 1x1, the DW + grouped 1x1 aggregators with groups = 3h, the
+# reshape to (heads, 3d, N)) keep their channels, so heads stay whole and the dependency graph never
+# indexes through that reshape. The MBConv FFN hidden channels and the stage's residual width (qkv
+# input, proj output) are pruned.
+# Quantization: the core multiplies activations by activations (k^T v sums over all N tokens, so its
+# range is wide and resolution-dependent; nas.quantization keeps every such MatMul float) and
+# divides two activations.
+@register_mixer("litemla", pruning=(PruningRule(LiteMLA, frozen=("qkv", "aggregators.*")),),
+                quantization=QuantizationRules(types=("Divide",)))
+def litemla_stage(spec: StageSpec) -> nn.Module:
+    return nn.Sequential(*(EfficientViTBlock(spec.width, spec.head_dim, spec.expand) for _ in range(spec.depth)))
