@@ -160,24 +160,35 @@ def _cli(module: str, *args: str, env_results: Path) -> subprocess.CompletedProc
                           timeout=120)
 
 
+def _in_process(module: str, *args: str, capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
+    """The CLI's `main` under `run_cli`, as `python -m` runs it (start-up would dominate a real process)."""
+    import importlib
+
+    from nas.errors import run_cli
+
+    capsys.readouterr()
+    code = run_cli(importlib.import_module(module).main, list(args))
+    return subprocess.CompletedProcess(module, code, "", capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("module", ["compress.prune", "compress.quantize", "compress.export"])
-def test_cli_missing_run_is_one_line_exit_2(tmp_path: Path, module: str) -> None:
-    result = _cli(module, env_results=tmp_path / "empty")
+def test_cli_missing_run_is_one_line_exit_2(tmp_path: Path, module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _cli(module, env_results=tmp_path / "empty")  # the real process (its default results/ is empty)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "no search run" in lines[0]
-    result = _cli(module, "--run", str(tmp_path / "nope"), env_results=tmp_path)
-    assert result.returncode == 2 and "no such run" in result.stderr and "Traceback" not in result.stderr
+    result = _in_process(module, "--run", str(tmp_path / "nope"), capsys=capsys)
+    assert result.returncode == 2 and "no such run" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_cli_missing_winner_is_one_line_exit_2(tmp_path: Path) -> None:
+def test_cli_missing_winner_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path / "run", tiny_arch("mbconv"), train=False)
-    result = _cli("compress.quantize", "--run", str(run), "--winner", "7", env_results=tmp_path)
+    result = _in_process("compress.quantize", "--run", str(run), "--winner", "7", capsys=capsys)
     assert result.returncode == 2 and "--winner 7" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty-run"
     empty.mkdir()
     (empty / "config.yaml").write_text("data: null\n")
-    result = _cli("compress.prune", "--run", str(empty), "--ratio", "0.3", env_results=tmp_path)
+    result = _in_process("compress.prune", "--run", str(empty), "--ratio", "0.3", capsys=capsys)
     assert result.returncode == 2 and "no winners" in result.stderr
-    result = _cli("compress.prune", "--run", str(run), env_results=tmp_path)  # neither --ratio nor --target-ms
+    result = _in_process("compress.prune", "--run", str(run), capsys=capsys)  # neither --ratio nor --target-ms
     assert result.returncode == 2 and "--ratio" in result.stderr
