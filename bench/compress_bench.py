@@ -26,6 +26,7 @@ import copy
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from nas.data import calibration_subset, load_dataset
 from nas.export import save_openvino
 from nas.latency import (
     MeasureSettings,
+    best_of_rounds,
     cpu_name,
     default_threads,
     describe_machine,
@@ -74,27 +76,6 @@ FAMILIES: dict[str, tuple[Any, int]] = {  # name -> (arch factory, training reso
 }
 
 
-def interleaved_ir(paths: dict[str, Path], threads: int, rounds: int, settings: MeasureSettings) -> dict[str, Any]:
-    best: dict[str, Any] = {}
-    for _ in range(rounds):
-        for name, path in paths.items():
-            stats = measure_ir(path, "openvino", threads, precision=ir_precision(path), settings=settings)
-            if name not in best or stats.estimate_ms < best[name].estimate_ms:
-                best[name] = stats
-    return best
-
-
-def interleaved_models(models: dict[str, nn.Module], threads: int, rounds: int,
-                       settings: MeasureSettings) -> dict[str, Any]:
-    best: dict[str, Any] = {}
-    for _ in range(rounds):
-        for name, model in models.items():
-            stats = measure(model, LATENCY_RESOLUTION, "openvino", threads, settings=settings)
-            if name not in best or stats.estimate_ms < best[name].estimate_ms:
-                best[name] = stats
-    return best
-
-
 def int8_latency(model: nn.Module, calibration: torch.Tensor, validation: Any, threads: int, rounds: int,
                  settings: MeasureSettings, workdir: Path, with_quantize_all: bool) -> dict[str, Any]:
     """(a): quantize at 224 and time FP32 vs INT8 IRs interleaved."""
@@ -109,7 +90,8 @@ def int8_latency(model: nn.Module, calibration: torch.Tensor, validation: Any, t
         paths[name] = save_openvino(result.model, workdir / f"{name}.xml")
         out[f"{name}_kept_float_ops"] = len(result.ignored_ops)
         out[f"{name}_fake_quantize_ops"] = result.fake_quantize_ops
-    stats = interleaved_ir(paths, threads, rounds, settings)
+    stats = best_of_rounds({name: partial(measure_ir, path, "openvino", threads, precision=ir_precision(path),
+                                          settings=settings) for name, path in paths.items()}, rounds)
     for name, s in stats.items():
         out[f"{name}_ms"], out[f"{name}_median_ms"], out[f"{name}_cv"] = s.estimate_ms, s.median_ms, s.cv
     out["int8_latency_ratio"] = stats["int8"].estimate_ms / stats["fp32"].estimate_ms
@@ -144,7 +126,8 @@ def bench_model(name: str, model: nn.Module, train_res: int, args: argparse.Name
     prune_model(pruned, train_res, ratio=args.ratio)
     train_proxy(pruned, splits, epochs=1, teacher=teacher, threads=threads)
     pruned.eval()
-    stats = interleaved_models({"unpruned": model, "pruned": pruned}, threads, args.rounds, settings)
+    stats = best_of_rounds({name: partial(measure, m, LATENCY_RESOLUTION, "openvino", threads, settings=settings)
+                            for name, m in (("unpruned", model), ("pruned", pruned))}, args.rounds)
     before, after = evaluate(model, splits.val), evaluate(pruned, splits.val)
     record.update(prune_ratio=args.ratio, pruned_params=sum(p.numel() for p in pruned.parameters()),
                   unpruned_ms=stats["unpruned"].estimate_ms, pruned_ms=stats["pruned"].estimate_ms,

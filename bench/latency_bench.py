@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +38,22 @@ if __package__ in (None, ""):  # `python bench/latency_bench.py`: make `nas` imp
 from nas.latency import (
     LatencyStats,
     MeasureSettings,
+    achieved_gflops,
+    arithmetic_intensity,
+    best_of_rounds,
+    copy_bandwidth_gbs,
+    count_flops,
+    cpu_clock,
     cpu_name,
     default_threads,
     describe_machine,
+    gemm_peak_gflops,
     measure,
     measure_ir,
+    min_traffic_bytes,
+    others_cores,
     runtime_version,
 )
-from nas.latency._roofline import (
-    achieved_gflops,
-    arithmetic_intensity,
-    copy_bandwidth_gbs,
-    count_flops,
-    gemm_peak_gflops,
-    min_traffic_bytes,
-)
-from nas.latency._timing import cpu_clock, others_cores
 from nas.machine_lock import measuring, training
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -256,25 +257,26 @@ def _others(others_cpu: float | None) -> str:
 def backend_ratios(cands: list[Candidate], threads: int, resolution: int, rounds: int,
                    settings: MeasureSettings) -> dict[str, dict]:
     """(c): OpenVINO, ONNX Runtime and eager PyTorch, interleaved; ratios of the best estimates."""
-    out: dict[str, dict] = {c.name: {"openvino": [], "onnxruntime": [], "torch": []} for c in cands}
+    backends = ("openvino", "onnxruntime", "torch")
+    out: dict[str, dict] = {c.name: {b: [] for b in backends} for c in cands}
     models = {c.name: c.build().eval() for c in cands}
-    for r in range(rounds):
-        for cand in cands:
-            row = out[cand.name]
-            timings = {
-                "openvino": measure_ir(cand.files["xml"], "openvino", threads, settings=settings),
-                "onnxruntime": measure_ir(cand.files["onnx"], "onnxruntime", threads, settings=settings),
-                "torch": measure(models[cand.name], resolution, "torch", threads, settings=settings),
-            }
-            for backend, stats in timings.items():
-                row[backend].append(stats.estimate_ms)
-            log(f"backends round {r + 1}/{rounds} {cand.name}: " +
-                ", ".join(f"{b} {row[b][-1]:.3f} ms" for b in ("openvino", "onnxruntime", "torch")))
-    for row in out.values():
-        best = {b: min(row[b]) for b in ("openvino", "onnxruntime", "torch")}
-        row.update({f"{b}_ms": v for b, v in best.items()})
-        row["torch_over_openvino"] = best["torch"] / best["openvino"]
-        row["onnxruntime_over_openvino"] = best["onnxruntime"] / best["openvino"]
+    timings: dict[tuple[str, str], Callable[[], LatencyStats]] = {}
+    for cand in cands:
+        timings[cand.name, "openvino"] = partial(measure_ir, cand.files["xml"], "openvino", threads, settings=settings)
+        timings[cand.name, "onnxruntime"] = partial(measure_ir, cand.files["onnx"], "onnxruntime", threads,
+                                                    settings=settings)
+        timings[cand.name, "torch"] = partial(measure, models[cand.name], resolution, "torch", threads,
+                                              settings=settings)
+
+    def record(r: int, key: tuple[str, str], stats: LatencyStats) -> None:
+        out[key[0]][key[1]].append(stats.estimate_ms)
+        log(f"backends round {r}/{rounds} {key[0]} {key[1]}: {stats.estimate_ms:.3f} ms")
+
+    best = best_of_rounds(timings, rounds, each=record)
+    for name, row in out.items():
+        row.update({f"{b}_ms": best[name, b].estimate_ms for b in backends})
+        row["torch_over_openvino"] = row["torch_ms"] / row["openvino_ms"]
+        row["onnxruntime_over_openvino"] = row["onnxruntime_ms"] / row["openvino_ms"]
     return out
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,16 @@ from nas.export import convert_openvino, save_openvino
 from nas.latency import (
     FLOAT_PRECISIONS,
     MeasureSettings,
+    best_of_rounds,
     compile_openvino,
+    cpu_clock,
     describe_machine,
     machine_line,
     measure_ir,
+    others_cores,
     runtime_version,
     supported_precisions,
 )
-from nas.latency._timing import cpu_clock, others_cores
 from nas.quantization import quantize_openvino
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,21 +115,30 @@ def interleaved_latency(models: dict[str, dict[str, Path]], precisions: list[str
     """Round-robin over (model, precision): ours then benchmark_app, so slow spells hit all alike."""
     result: dict[str, dict[str, Any]] = {m: {p: {"ours": [], "benchmark_app": []} for p in precisions}
                                          for m in models}
-    for r in range(rounds):
-        log(f"timing round {r + 1}/{rounds}")
-        for name, files in models.items():
-            for precision in precisions:
-                path = files["int8" if precision == "int8" else "fp32"]
-                stats = measure_ir(path, threads=threads, precision=precision, settings=settings)
-                slot = result[name][precision]
-                slot["ours"].append({"estimate_ms": stats.estimate_ms, "median_ms": stats.median_ms,
-                                     "pass_cv": stats.pass_cv, "others_cpu": stats.others_cpu})
-                slot["benchmark_app"].append(run_benchmark_app(path, threads, seconds,
-                                                               infer_precision=OV_HINT_NAME[precision]))
-    for per_model in result.values():
-        for slot in per_model.values():
-            slot["ours_best_ms"] = min(x["estimate_ms"] for x in slot["ours"])
-            slot["benchmark_app_best_median_ms"] = min(x["median_ms"] for x in slot["benchmark_app"])
+    timings: dict[tuple[str, str, str], Any] = {}
+    for name, files in models.items():
+        for precision in precisions:
+            path = files["int8" if precision == "int8" else "fp32"]
+            timings[name, precision, "ours"] = partial(measure_ir, path, threads=threads, precision=precision,
+                                                       settings=settings)
+            timings[name, precision, "benchmark_app"] = partial(run_benchmark_app, path, threads, seconds,
+                                                                infer_precision=OV_HINT_NAME[precision])
+
+    def record(r: int, key: tuple[str, str, str], measured: Any) -> None:
+        name, precision, clock = key
+        if key == next(iter(timings)):
+            log(f"timing round {r}/{rounds}")
+        if clock == "ours":
+            measured = {"estimate_ms": measured.estimate_ms, "median_ms": measured.median_ms,
+                        "pass_cv": measured.pass_cv, "others_cpu": measured.others_cpu}
+        result[name][precision][clock].append(measured)
+
+    best = best_of_rounds(timings, rounds, each=record,
+                          ms=lambda m: m["median_ms"] if isinstance(m, dict) else m.estimate_ms)
+    for name, per_model in result.items():
+        for precision, slot in per_model.items():
+            slot["ours_best_ms"] = best[name, precision, "ours"].estimate_ms
+            slot["benchmark_app_best_median_ms"] = best[name, precision, "benchmark_app"]["median_ms"]
     return result
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from compress._target import (
 from compress.deploy import export_deploy_onnx, with_preprocessing, write_labels
 from nas.errors import run_cli
 from nas.export import convert_openvino, export_onnx, save_openvino
-from nas.latency import LatencyStats, MeasureSettings, measure_ir, supported_precisions
+from nas.latency import LatencyStats, MeasureSettings, best_of_rounds, measure_ir, supported_precisions
 
 
 def float_precisions(target: Target) -> list[str]:
@@ -71,14 +72,9 @@ def export_files(model: nn.Module, directory: Path, name: str, resolution: int,
 def time_files(paths: dict[str, tuple[Path, str]], threads: int | None, rounds: int = 2,
                settings: MeasureSettings | None = None) -> dict[str, LatencyStats]:
     """Best (lowest-estimate) measurement per (file, precision) over interleaved rounds; .onnx on ONNX Runtime."""
-    best: dict[str, LatencyStats] = {}
-    for _ in range(rounds):
-        for label, (path, precision) in paths.items():
-            backend = "onnxruntime" if path.suffix == ".onnx" else "openvino"
-            stats = measure_ir(path, backend, threads, precision=precision, settings=settings)
-            if label not in best or stats.estimate_ms < best[label].estimate_ms:
-                best[label] = stats
-    return best
+    return best_of_rounds({label: partial(measure_ir, path, "onnxruntime" if path.suffix == ".onnx" else "openvino",
+                                          threads, precision=precision, settings=settings)
+                           for label, (path, precision) in paths.items()}, rounds)
 
 
 def _latency_record(stats: LatencyStats) -> dict[str, Any]:

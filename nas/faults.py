@@ -13,6 +13,9 @@ VITNAS_FAULTS: comma-separated entries `[kill:]PHASE[:TRIAL]`.
 
 VITNAS_TRACE=path: append `pid event wall monotonic` lines when the machine lock is taken and
 released (`measure start`, `measure end`, `train start`, `train end`), to check the exclusion.
+
+The `measure` and `train` points and the trace lines hook into the machine lock once `install()`
+has run (the search does it); the other points are called where they happen.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+
+from nas import machine_lock
 
 PHASES = ("latency", "export", "measure", "train", "done", "report")
 
@@ -71,3 +76,15 @@ def trace(event: str) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def lock_event(kind: str, event: str) -> None:
+    """The machine lock hook: a trace line, and the `measure` / `train` fault point once it is held."""
+    trace(f"{kind} {event}")
+    if event == "start":
+        point(kind)
+
+
+def install() -> None:
+    """Arm the hooks inside the machine lock for this process (idempotent)."""
+    machine_lock.add_hook(lock_event)

@@ -4,6 +4,7 @@ Training holds the lock *shared* (several trainers may run, e.g. on a big machin
 measurement holds it *exclusive*, so a measurement waits for running epochs to end and no epoch
 starts while a model is being timed. It is an `fcntl.flock` on one file per machine, so it works
 across processes (several search workers) and is released by the kernel if a process dies.
+Hooks (`add_hook`) see each held section start and end; the chaos tests arm them (nas.faults).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nas import faults
+Hook = Callable[[str, str], None]  # (kind: "measure" | "train", event: "start" | "end")
+_hooks: list[Hook] = []
 
 
 def lock_path() -> Path:
@@ -35,25 +37,34 @@ def _flock(mode: int) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def add_hook(hook: Hook) -> None:
+    """Call `hook(kind, event)` right after this process takes the lock ("start") and right before it
+    releases it ("end"). A hook that raises at "start" aborts the section (its "end" still runs)."""
+    if hook not in _hooks:
+        _hooks.append(hook)
+
+
+@contextmanager
+def _held(kind: str, mode: int) -> Iterator[None]:
+    with _flock(mode):
+        try:
+            for hook in _hooks:
+                hook(kind, "start")
+            yield
+        finally:
+            for hook in _hooks:
+                hook(kind, "end")
+
+
 @contextmanager
 def measuring() -> Iterator[None]:
     """Hold while timing a model: no training runs on this machine meanwhile."""
-    with _flock(fcntl.LOCK_EX):
-        faults.trace("measure start")
-        try:
-            faults.point("measure")
-            yield
-        finally:
-            faults.trace("measure end")
+    with _held("measure", fcntl.LOCK_EX):
+        yield
 
 
 @contextmanager
 def training() -> Iterator[None]:
     """Hold while training (per epoch, so measurements can slip in between epochs)."""
-    with _flock(fcntl.LOCK_SH):
-        faults.trace("train start")
-        try:
-            faults.point("train")
-            yield
-        finally:
-            faults.trace("train end")
+    with _held("train", fcntl.LOCK_SH):
+        yield

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +25,9 @@ from nas.latency import LatencyCache, LatencyStats, MeasureSettings, lookup, mea
 from nas.models import build_model
 from nas.space import SearchSpace
 from nas.train import train_proxy
+from nas.workers import is_live, worker_claim
 
 NEAR_BUDGET = 0.15  # within 15% of the budget: a second, independent measurement takes part
-CLAIM_SECONDS = 30  # a live worker claims its trial within milliseconds; an unclaimed older one is orphaned
 
 
 @dataclass
@@ -211,58 +208,3 @@ def rung_peers(trial: optuna.Trial, epoch: int) -> list[tuple[float, float]]:
         if len(curve) >= epoch and "latency_ms" in other.user_attrs:
             out.append((float(curve[epoch - 1]), float(other.user_attrs["latency_ms"])))
     return out
-
-
-def worker_claim(number: int) -> dict[str, Any]:
-    """Who runs a trial: host, pid and process start time (so a reused pid is not taken for the worker)."""
-    pid = os.getpid()
-    return {"trial": number, "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid)}
-
-
-def _process_start(pid: int) -> str | None:
-    try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def worker_dead(trial: optuna.trial.FrozenTrial) -> bool | None:
-    """True if the worker that claimed this trial is gone; None if unknown (no claim, another host)."""
-    claim = trial.user_attrs.get("worker") or {}
-    if claim.get("trial") != trial.number or claim.get("host") != socket.gethostname():
-        return None  # unclaimed (or a claim copied from a retried trial), or on another machine
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # exists, another user's
-    start = _process_start(int(claim["pid"]))
-    return start is not None and claim.get("pid_start") is not None and start != claim["pid_start"]
-
-
-def is_orphan(trial: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial no live worker is running: its worker died, or it was never claimed."""
-    if trial.state != optuna.trial.TrialState.RUNNING:
-        return False
-    dead = worker_dead(trial)
-    if dead is not None:
-        return dead
-    claim = trial.user_attrs.get("worker") or {}
-    if claim.get("trial") == trial.number or trial.datetime_start is None:
-        return False  # claimed on another machine: only the storage heartbeat can tell
-    return (datetime.now() - trial.datetime_start).total_seconds() > CLAIM_SECONDS
-
-
-def is_live(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == optuna.trial.TrialState.RUNNING and not is_orphan(trial)
-
-
-def describe(arch: Arch | dict[str, Any]) -> str:
-    """A compact one-line description, e.g. 'dsconv:16 > mbconv 2x24, catm 3x64, litemla 2x128 > evit'.
-
-    stem kind:width, then each stage as mixer depth x width (a `conv2` stem of width 24 reads
-    `conv2:24`, never `conv224`)."""
-    arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
-    stages = ", ".join(f"{s.mixer} {s.depth}x{s.width}" for s in arch.stages)
-    return f"{arch.stem_kind}:{arch.stem_width} > {stages} > {arch.head_kind}"

@@ -41,9 +41,17 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted((t for t in study.best_trials if is_trained(t)), key=lambda t: t.values[1])
 
 
-def _row(trial: FrozenTrial) -> dict[str, Any]:
-    from nas.objective import describe
+def describe(arch: Arch | dict[str, Any]) -> str:
+    """A compact one-line description, e.g. 'dsconv:16 > mbconv 2x24, catm 3x64, litemla 2x128 > evit'.
 
+    stem kind:width, then each stage as mixer depth x width (a `conv2` stem of width 24 reads
+    `conv2:24`, never `conv224`)."""
+    arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
+    stages = ", ".join(f"{s.mixer} {s.depth}x{s.width}" for s in arch.stages)
+    return f"{arch.stem_kind}:{arch.stem_width} > {stages} > {arch.head_kind}"
+
+
+def _row(trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     latency = attrs.get("latency") or {}
     done = trial.state == TrialState.COMPLETE
@@ -147,8 +155,6 @@ def run_machine(run_dir: Path) -> str:
 
 def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int, FrozenTrial]],
                machine: str = "") -> str:
-    from nas.objective import describe
-
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     lines = [

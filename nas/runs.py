@@ -4,7 +4,8 @@ results/<run>/
   config.yaml               resolved settings (space, data, resolutions, backend, threads, budget...)
   environment.json          versions, device, threads
   study.db                  Optuna storage (SQLite by default)
-  latency_cache.sqlite      measured latencies, keyed by arch hash + runtime settings
+  latency_cache.sqlite      measured latencies (SQLite in WAL mode: -wal/-shm beside it while open),
+                            keyed by arch hash + runtime settings (nas.latency)
   trials.csv, pareto.png, pareto.html, summary.md
   winners/<rank>-<hash>/    arch.yaml, weights.pt (state_dict), metrics.json
   compress/                 written by python -m compress.*

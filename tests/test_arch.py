@@ -46,8 +46,8 @@ def test_arch_is_frozen() -> None:
 
 
 def test_one_line_description_is_unambiguous() -> None:
-    from nas.objective import describe
     from nas.presets import load_preset
+    from nas.report import describe
 
     text = describe(load_preset("casvit_xs"))
     assert text.startswith("conv2:") and " > " in text and text.endswith("> cas"), text

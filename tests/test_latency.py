@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ from nas.latency import (
     LatencyCache,
     LatencyStats,
     MeasureSettings,
+    best_of_rounds,
     file_key,
     measure,
     measure_ir,
@@ -46,7 +48,7 @@ FAST = MeasureSettings.quick()
 def _private_lock(tmp_path, monkeypatch):
     # Our own machine lock and cache: never wait on (or block) a real search running here.
     monkeypatch.setenv("VITNAS_LOCK", str(tmp_path / "machine.lock"))
-    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(tmp_path / "default-cache.jsonl"))
+    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(tmp_path / "default-cache.sqlite"))
 
 
 def tiny_model() -> nn.Module:
@@ -142,10 +144,23 @@ def test_stats_round_trip_json():
     assert stats.ms == stats.estimate_ms and "ms" in stats.summary()
 
 
+def test_best_of_rounds_interleaves_and_keeps_each_fastest():
+    script = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+    order = []
+    best = best_of_rounds({name: (lambda n=name: next(script[n])) for name in ("a", "b")}, 3, ms=float,
+                          each=lambda r, name, ms: order.append((r, name, ms)))
+    assert best == {"a": 1.0, "b": 4.0}
+    assert order == [(1, "a", 3.0), (1, "b", 5.0), (2, "a", 1.0), (2, "b", 6.0), (3, "a", 2.0), (3, "b", 4.0)]
+    stats = iter([fake_stats(estimate_ms=2.0), fake_stats(estimate_ms=1.5)])
+    assert best_of_rounds({"m": lambda: next(stats)}, 2)["m"].estimate_ms == 1.5  # LatencyStats by default
+    with pytest.raises(ValueError):
+        best_of_rounds({"m": lambda: 1.0}, 0)
+
+
 # --- cache -------------------------------------------------------------------------------------
 
 def test_cache_hit_miss_and_persistence(tmp_path):
-    path = tmp_path / "cache.jsonl"
+    path = tmp_path / "cache.sqlite"
     cache = LatencyCache(path)
     stats = fake_stats()
     assert cache.get(stats.cache_key()) is None and cache.misses == 1
@@ -155,7 +170,7 @@ def test_cache_hit_miss_and_persistence(tmp_path):
 
 
 def test_cache_key_covers_runtime_version_threads_resolution(tmp_path):
-    cache = LatencyCache(tmp_path / "cache.jsonl")
+    cache = LatencyCache(tmp_path / "cache.sqlite")
     stats = fake_stats()
     cache.put(stats)
     key = stats.cache_key()
@@ -173,15 +188,24 @@ def test_cache_key_covers_runtime_version_threads_resolution(tmp_path):
     assert cache.get(key) is None  # the instance that compacted re-reads too
 
 
-def test_cache_latest_entry_wins_and_torn_lines_are_skipped(tmp_path):
-    cache = LatencyCache(tmp_path / "cache.jsonl")
+def test_cache_latest_entry_wins_and_other_schemas_are_ignored(tmp_path):
+    cache = LatencyCache(tmp_path / "cache.sqlite")
     cache.put(fake_stats(estimate_ms=2.0))
-    with open(cache.path, "a") as handle:
-        handle.write('{"schema": 1, "stats": {"backend": "openv')  # a writer killed mid-line
     reader = LatencyCache(cache.path)
     assert len(reader) == 1
-    cache.put(fake_stats(estimate_ms=3.0))  # starts on a new line, not glued to the torn one
-    assert reader.get(fake_stats().cache_key()).estimate_ms == 3.0
+    cache.put(fake_stats(estimate_ms=3.0))
+    assert reader.get(fake_stats().cache_key()).estimate_ms == 3.0 and len(reader) == 1
+    with sqlite3.connect(cache.path) as db:  # an entry of an older schema, and one nobody can parse
+        db.execute("INSERT INTO latency SELECT key || '-old', backend, device, resolution, threads, runtime_version,"
+                   " precision, machine, 1, estimate_ms, measured_at, stats FROM latency")
+        db.execute("INSERT INTO latency SELECT key || '-torn', backend, device, resolution, threads, "
+                   "runtime_version, precision, machine, schema, estimate_ms, measured_at, '{\"backend\": ' "
+                   "FROM latency WHERE schema = ?", (CACHE_SCHEMA,))
+    assert reader.get(fake_stats(key="abc-old").cache_key()) is None
+    assert reader.get(fake_stats(key="abc-torn").cache_key()) is None and len(reader) == 1
+    assert reader.compact() == 1
+    with sqlite3.connect(cache.path) as db:
+        assert db.execute("SELECT count(*) FROM latency").fetchone()[0] == 1
     with pytest.raises(ValueError):
         cache.put(fake_stats(key=""))
 
@@ -190,27 +214,75 @@ WRITER = textwrap.dedent("""
     import sys
     from dataclasses import replace
     from nas.latency import LatencyCache, LatencyStats, summarize
-    path, worker = sys.argv[1], int(sys.argv[2])
+    path, worker, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     cache = LatencyCache(path)
     base = LatencyStats.from_summary(summarize([[1.0, 2.0]], 0.05), backend="openvino",
                                      runtime_version="1", device="cpu", threads=1, resolution=8)
     for i in range(40):
-        cache.put(replace(base, key=f"w{worker}-{i}", estimate_ms=float(i + 1)))
-        assert cache.get(replace(base, key=f"w{worker}-{i}").cache_key()) is not None
+        cache.put(replace(base, key=f"{prefix}{i}", estimate_ms=float(i + 1) + worker / 10))
+        assert cache.get(replace(base, key=f"{prefix}{i}").cache_key()) is not None
 """)
 
 
-def test_cache_is_safe_for_several_processes(tmp_path):
-    path = tmp_path / "shared.jsonl"
-    workers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w)], cwd=REPO)
-               for w in range(4)]
+def _writers(path: Path, prefixes: list[str]) -> None:
+    workers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), prefix], cwd=REPO)
+               for w, prefix in enumerate(prefixes)]
     assert all(p.wait(timeout=60) == 0 for p in workers)
-    lines = path.read_text().splitlines()
-    assert len(lines) == 160 and all(json.loads(line)["schema"] == CACHE_SCHEMA for line in lines)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {row[0] for row in db.execute("SELECT DISTINCT schema FROM latency")} == {CACHE_SCHEMA}
+
+
+def test_cache_is_safe_for_several_processes(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    _writers(path, [f"w{w}-" for w in range(4)])
     cache = LatencyCache(path)
     assert len(cache) == 160
     keys = {s.key for s in cache.entries()}
     assert keys == {f"w{w}-{i}" for w, i in itertools.product(range(4), range(40))}
+
+
+def test_two_processes_writing_the_same_keys_leave_one_whole_entry_each(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    _writers(path, ["k", "k"])
+    entries = LatencyCache(path).entries()
+    assert sorted(s.key for s in entries) == sorted(f"k{i}" for i in range(40))
+    # each entry is one writer's whole record: its estimate is that writer's value for that key
+    assert all(s.estimate_ms in (int(s.key[1:]) + 1.0, int(s.key[1:]) + 1.1) for s in entries)
+
+
+def test_a_corrupt_or_foreign_cache_file_is_a_one_line_error(tmp_path):
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"\x00\x01not a database" * 100)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE trials (id INTEGER)")
+    truncated = tmp_path / "truncated.sqlite"
+    cache = LatencyCache(truncated)
+    for i in range(300):
+        cache.put(fake_stats(key=f"k{i}", pass_medians_ms=tuple(range(50))))
+    cache.close()
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    for path in (garbage, foreign, truncated):
+        with pytest.raises(UserError) as error:
+            LatencyCache(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+    result = run_cli("--ir", "model.xml", "--cache", str(garbage))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {garbage}: not a latency cache"), result.stderr
+
+
+def test_a_json_lines_cache_of_an_older_version_is_imported_once(tmp_path):
+    path = tmp_path / "latency_cache.sqlite"  # the run directory's name, JSON lines before
+    stats = fake_stats()
+    path.write_text(json.dumps({"schema": CACHE_SCHEMA, "stats": stats.to_dict()}) + "\n"
+                    + json.dumps({"schema": 1, "stats": fake_stats(key="old").to_dict()}) + "\n"
+                    + '{"schema": 2, "stats": {"backend": "openv')  # torn last line
+    cache = LatencyCache(path)
+    assert cache.get(stats.cache_key()) == stats and len(cache) == 1
+    assert path.read_bytes().startswith(b"SQLite format 3")
+    assert path.with_name(path.name + ".jsonl").read_text().count("\n") == 2  # the original, kept
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -313,7 +385,7 @@ def test_cli_cuda_without_gpu_exit_2():
 
 
 def test_cli_times_an_ir_as_json(exported, tmp_path):
-    cache = tmp_path / "cli.jsonl"
+    cache = tmp_path / "cli.sqlite"
     args = ["--ir", str(exported["xml"]), "--threads", "1", "--quick", "--json", "--cache", str(cache)]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ QUICK = MeasureSettings.quick()
 def _measurer(tmp_path: Path, settings: MeasureSettings | None = QUICK):
     arch = tiny_arch("catm")
     model = build_model(arch).eval()
-    cache = LatencyCache(tmp_path / "latency.jsonl")
+    cache = LatencyCache(tmp_path / "latency.sqlite")
 
     def once(index: int):
         return measure(model, 64, "openvino", 1, cache=cache, key=latency_key(arch.hash, settings, index),

@@ -242,9 +242,9 @@ def assert_workers_shared_the_study(study: optuna.Study, trials: int, trace: Pat
 def test_two_workers_share_a_journal_study(tmp_path: Path) -> None:
     journal, trace, trials = tmp_path / "journal.log", tmp_path / "trace.log", 6
     run_workers(tmp_path, f"journal:{journal}", trials, trace)
-    from nas.search import make_storage
+    from nas.search import storage_for
 
-    study = optuna.load_study(study_name="search", storage=make_storage(f"journal:{journal}"))
+    study = optuna.load_study(study_name="search", storage=storage_for(f"journal:{journal}"))
     assert_workers_shared_the_study(study, trials, trace)
     assert_files_whole(tmp_path / "shared")
 

@@ -8,8 +8,11 @@ Backends: openvino (default, CPU, sync single stream), onnxruntime, torch (eager
 Precisions: fp32 (default, pinned in every runtime), bf16, fp16, int8 (NNCF on OpenVINO), each
 checked against what this machine supports. Every record carries the precision and a fingerprint
 of the machine (`describe_machine()`). Precision and machines: docs/precision.md; CLI:
-`python -m nas.latency --help`.
+`python -m nas.latency --help`. Comparing models: `best_of_rounds` (interleaved rounds). The roofline
+helpers (`count_flops`, `gemm_peak_gflops`, ...) import torch, so they load on first use.
 """
+
+from typing import Any
 
 from nas.latency._backends import (
     BACKENDS,
@@ -36,8 +39,21 @@ from nas.latency._precision import (
     check_precision,
     supported_precisions,
 )
+from nas.latency._rounds import best_of_rounds
 from nas.latency._stats import CacheKey, LatencyStats, summarize
-from nas.latency._timing import MeasureSettings
+from nas.latency._timing import MeasureSettings, cpu_clock, others_cores
+
+_ROOFLINE = ("achieved_gflops", "arithmetic_intensity", "copy_bandwidth_gbs", "count_flops", "gemm_peak_gflops",
+             "min_traffic_bytes", "roofline_gflops")
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `import nas.latency` stays free of torch
+    if name in _ROOFLINE:
+        from nas.latency import _roofline
+
+        return getattr(_roofline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",
@@ -50,10 +66,16 @@ __all__ = [
     "LatencyCache",
     "LatencyStats",
     "MeasureSettings",
+    "achieved_gflops",
+    "arithmetic_intensity",
+    "best_of_rounds",
     "check_backend",
     "check_precision",
     "compile_openvino",
+    "copy_bandwidth_gbs",
     "count_fake_quantize",
+    "count_flops",
+    "cpu_clock",
     "cpu_features",
     "cpu_name",
     "default_cache_path",
@@ -61,15 +83,19 @@ __all__ = [
     "describe_machine",
     "device_name",
     "file_key",
+    "gemm_peak_gflops",
     "ir_precision",
     "lookup",
     "machine_id",
     "machine_line",
     "measure",
     "measure_ir",
+    "min_traffic_bytes",
     "openvino_config",
+    "others_cores",
     "ov_core",
     "ov_read",
+    "roofline_gflops",
     "runtime_version",
     "summarize",
     "supported_precisions",
