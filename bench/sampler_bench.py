@@ -41,7 +41,8 @@ from nas.arch import Arch
 from nas.mixers import mixer_names
 from nas.space import SearchSpace, load_space
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 TABLE = RESULTS / "sampler_replay.json"
 SAMPLERS = ("random", "nsga2", "tpe", "gp")
 ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -61,7 +62,11 @@ def record(run_dir: Path, out: Path) -> dict[str, Any]:
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     keys = ("budget_ms", "space_file", "data", "limit", "epochs", "backend", "precision", "threads", "sampler",
             "seed", "proxy_resolution", "target_resolution", "machine", "latency_settings")
-    table = {"run": {k: config.get(k) for k in keys}, "rows": rows}
+    run = {k: config.get(k) for k in keys}
+    space_file = Path(run["space_file"] or "search_spaces/default.yaml").resolve()
+    if space_file.is_relative_to(REPO):  # portable: the table is committed and read on other checkouts
+        run["space_file"] = str(space_file.relative_to(REPO))
+    table = {"run": run, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
     return table
@@ -147,16 +152,16 @@ def hypervolume(points: list[tuple[float, float]], budget_ms: float) -> float:
     return area
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     from nas.search import make_sampler as search_sampler
 
-    return search_sampler(name, seed)
+    return search_sampler(name, seed, arch_key=lambda p: space.decode(p, 10).hash)  # as the search does
 
 
 def one_run(replay: Replay, sampler: str, seed: int, trials: int, budget_ms: float,
             baselines: list[dict[str, Any]]) -> list[float]:
     """Hypervolume after each trial of one seeded study."""
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(sampler, seed))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(sampler, seed, replay.space))
     for params in baselines:
         study.enqueue_trial(params)
     points: list[tuple[float, float]] = []
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     table = record(args.record, args.table) if args.record else json.loads(args.table.read_text())
-    space = load_space(table["run"].get("space_file"))
+    space_file = table["run"].get("space_file")
+    space = load_space(str(REPO / space_file) if space_file and not Path(space_file).is_absolute() else space_file)
     budget = float(table["run"]["budget_ms"])
     replay = Replay(table, space)
     print(f"replay: {replay.fit}", file=sys.stderr)

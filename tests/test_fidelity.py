@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
-from nas.fidelity import MIN_PEERS, front_ranks, judge, rungs
+from nas.fidelity import MIN_PEERS, crowding_distances, front_ranks, judge, rungs
 from nas.objective import rung_peers
 
 
@@ -55,6 +57,24 @@ def test_rung_promotion_on_scripted_curves() -> None:
     assert [epochs[n] for n in ("a", "b", "c", "d")] == [3, 3, 3, 3]  # fewer than MIN_PEERS peers: no evidence
     assert epochs["strong"] == 3 and epochs["weak-fast"] == 3
     assert epochs["weak-slow"] == 1 and epochs["middling"] == 1
+
+
+def test_a_wide_first_front_keeps_only_its_share_ends_first() -> None:
+    # Every point non-dominated (faster = weaker): 7 records, eta 3 -> 3 go on: the two ends of the
+    # front, then the most isolated of the middle ones.
+    front = [(0.50, 0.5), (0.60, 1.0), (0.62, 1.1), (0.64, 1.2), (0.80, 3.0), (0.90, 4.0)]
+    assert judge(1, (0.95, 5.0), front, eta=3).promoted  # the accurate end
+    assert judge(1, (0.40, 0.3), front, eta=3).promoted  # the fast end
+    crowded = judge(1, (0.61, 1.05), front, eta=3)  # between two close neighbours
+    assert crowded.front_rank == 0 and not crowded.promoted and crowded.kept == 3
+
+
+def test_crowding_distance_ends_are_infinite() -> None:
+    points = [(0.5, 1.0), (0.7, 2.0), (0.9, 4.0), (0.6, 3.0)]
+    ranks = front_ranks(points)
+    crowd = crowding_distances(points, ranks)
+    assert ranks == [0, 0, 0, 1]
+    assert crowd[0] == crowd[2] == math.inf and 0 < crowd[1] < math.inf and crowd[3] == math.inf
 
 
 def test_promotion_keeps_the_best_share_of_a_dominated_rung() -> None:

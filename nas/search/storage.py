@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -13,6 +15,7 @@ from optuna.trial import TrialState
 from nas.errors import UserError
 from nas.identity import RunIdentity, check_identity
 from nas.search._optuna import fail_trial
+from nas.search.norepeat import NoRepeatSampler
 from nas.workers import is_orphan, orphan_reason
 
 HEARTBEAT_SECONDS = 10
@@ -51,15 +54,23 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna 5 samplers (all but random) read the latency constraint each trial sets with `trial.set_constraint`."""
+def make_sampler(name: str, seed: int, arch_key: Callable[[dict[str, Any]], str] | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """Optuna 5 samplers (all but random) read the latency constraint each trial sets with `trial.set_constraint`.
+
+    With `arch_key` (parameters -> architecture hash), a relative proposal that repeats an evaluated
+    architecture is replaced by a random one (`NoRepeatSampler`).
+    """
+    sampler: optuna.samplers.BaseSampler
     if name == "tpe":  # constant_liar: parallel workers do not all propose the same point
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    elif name == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed)
+    elif name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    else:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
+    return sampler if arch_key is None else NoRepeatSampler(sampler, arch_key)
 
 
 def check_study_identity(study: optuna.Study, identity: RunIdentity) -> None:
