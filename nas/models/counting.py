@@ -1,10 +1,14 @@
-"""The project's one MAC counter: thop's module hooks plus the tensor products written as functions.
+"""The project's one MAC counter: thop's conv/Linear hooks plus the tensor products written inline.
 
-thop counts what leaf modules do (convs, Linears, norms, pooling) and nothing written inline in a
-`forward`. Attention is written inline (`q @ k.T`, `softmax @ v`, einsum, gates `z * g(z)`), so a
-torch-function mode counts those alongside: a matmul/einsum/SDPA as its multiply-accumulates, a
-product of two activations as one multiply per output element. Used by `python -m nas.models`,
-compress (metrics) and nas.latency (roofline).
+A MAC is one multiply-accumulate of a convolution, a Linear or a matmul/einsum/attention, plus one
+per output element of a product of two activations (gates such as z * sigmoid(g(z)), CATM's
+similarity * v). thop counts only what leaf modules do, and attention is written inline (q @ k.T,
+softmax @ v, einsum, gates), so a torch-function mode counts those. thop's own rules for norms,
+pooling and softmax (2-4 "ops" per element) are switched off through `custom_ops`: none of them
+multiply-accumulates, and BatchNorm folds into the preceding conv when deployed. This is the
+count the published papers give (conv/Linear/matmul MACs) and what FlopCounterMode counts, as 2
+FLOPs per MAC (tests/test_models.py), gates apart. Used by `python -m nas.models`, compress
+(metrics) and nas.latency (roofline).
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ def _einsum_macs(equation: str, operands: tuple[Tensor, ...], out: Tensor) -> in
 class _FunctionalMacs(TorchFunctionMode):
     """Counts the tensor products that run outside thop's module hooks."""
 
-    def __init__(self, products_only: bool) -> None:
+    def __init__(self, gates: bool) -> None:
         super().__init__()
-        self.products_only = products_only
+        self.gates = gates
         self.macs = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -62,7 +66,7 @@ class _FunctionalMacs(TorchFunctionMode):
             q, k, v = args[:3]
             scores = out.numel() // v.shape[-1] * k.shape[-2]  # (..., L, S)
             self.macs += scores * q.shape[-1] + scores * v.shape[-1]
-        elif (func in _MULTIPLIES and not self.products_only and len(args) == 2
+        elif (func in _MULTIPLIES and self.gates and len(args) == 2
               and all(isinstance(a, Tensor) and a.numel() > 1 and not isinstance(a, nn.Parameter) for a in args)):
             self.macs += out.numel()
         return out
@@ -72,12 +76,10 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, resolution: int, *, products_only: bool = False) -> int:
+def count_macs(model: nn.Module, resolution: int, *, gates: bool = True) -> int:
     """Multiply-accumulates of one batch-1 eval forward pass at `resolution` x `resolution`.
 
-    `products_only`: only convolutions, Linears and matmuls/einsums, i.e. what torch's
-    FlopCounterMode counts (as 2 FLOPs per MAC); the default adds thop's norm, softmax and pooling
-    counts and the products of two activations.
+    `gates=False` leaves out the products of two activations: what FlopCounterMode counts (FLOPs/2).
     """
     with warnings.catch_warnings():  # thop 0.1 uses distutils' LooseVersion
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -85,11 +87,10 @@ def count_macs(model: nn.Module, resolution: int, *, products_only: bool = False
         from thop.profile import register_hooks
         from thop.vision.basic_hooks import count_convNd, count_linear, zero_ops
 
-    custom_ops = {kind: zero_ops for kind, hook in register_hooks.items()
-                  if hook not in (count_convNd, count_linear)} if products_only else {}
+    not_macs = {kind: zero_ops for kind, hook in register_hooks.items() if hook not in (count_convNd, count_linear)}
     clone = copy.deepcopy(model).eval()  # thop adds buffers to every module: keep the caller's clean
-    functional = _FunctionalMacs(products_only)
+    functional = _FunctionalMacs(gates)
     x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), functional:
-        macs, _ = profile(clone, inputs=(x,), custom_ops=custom_ops, verbose=False)
+        macs, _ = profile(clone, inputs=(x,), custom_ops=not_macs, verbose=False)
     return int(macs) + functional.macs
