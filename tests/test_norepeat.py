@@ -17,7 +17,8 @@ class StuckSampler(optuna.samplers.RandomSampler):
     as GPSampler did in 6 of 40 trials of a default run when its acquisition optimum stayed put."""
 
     def infer_relative_search_space(self, study: optuna.Study, trial: Any) -> dict[str, Any]:
-        return IntersectionSearchSpace().calculate(study)
+        # like GPSampler and TPE: single-valued knobs (fixed in the YAML) are left out
+        return {n: d for n, d in IntersectionSearchSpace().calculate(study).items() if not d.single()}
 
     def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
