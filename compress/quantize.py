@@ -6,8 +6,10 @@ The (pruned, when compress.prune has run) winner is converted to a static-shape 
 the run's target resolution and quantized there: NNCF on the OpenVINO model avoids NNCF's torch
 extension build and is the deployment path anyway. Calibration images come from the TRAIN split,
 loaded at the target resolution (k^T v in linear attention sums over all tokens, so its range
-grows with resolution). If the validation top-1 drop exceeds --max-drop points,
-`nncf.quantize_with_accuracy_control` reverts the most harmful layers to float. Then the exports
+grows with resolution). If the validation top-1 drop exceeds --max-drop points (counted from the
+unpruned FP32 model: pruning's cost on val comes off the INT8 budget; a pruned model that used it
+all is skipped for the unpruned one), `nncf.quantize_with_accuracy_control` reverts the most
+harmful layers to float. Then the exports
 are refreshed, verified and timed (compress.export) and the report rewritten.
 """
 
@@ -30,6 +32,8 @@ from nas.errors import UserError, run_cli
 from nas.export import convert_openvino, save_openvino
 from nas.latency import count_fake_quantize
 from nas.quantization import quantize_options
+
+MIN_INT8_BUDGET = 0.1  # points: below this, accuracy control would keep nearly every op in float
 
 
 @dataclass
@@ -99,19 +103,48 @@ def source_model(target: Target, use_pruned: bool = True) -> tuple[str, nn.Modul
     return "fp32", target.fp32_model()
 
 
+def _val_accuracy(model: nn.Module, validation: ImageDataset, threads: int | None, val_limit: int | None) -> float:
+    images, labels = validation_batch(validation, val_limit)
+    return top1(openvino_logits(convert_openvino(model, validation.resolution), images, threads), labels)
+
+
+def _int8_budget(target: Target, source: str, model: nn.Module, splits: Any, max_drop: float,
+                 val_limit: int | None) -> tuple[float, dict[str, Any]]:
+    """The INT8 step's share of --max-drop: the drop is counted from the unpruned FP32 model, so
+    what pruning already cost on val comes off the budget (INT8 of a pruned model is judged as
+    what a user ships instead of the model they trained)."""
+    if source != "pruned":
+        return max_drop, {}
+    unpruned = _val_accuracy(target.fp32_model(), splits.val, target.threads, val_limit)
+    pruned = _val_accuracy(model, splits.val, target.threads, val_limit)
+    pruning_cost = max(0.0, 100.0 * (unpruned - pruned))
+    return max_drop - pruning_cost, {"unpruned_fp32_accuracy": unpruned, "pruning_cost_points": pruning_cost}
+
+
 def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int = 300, keep_float: bool = True,
                     use_pruned: bool = True, val_limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Quantize a winner, save int8/model.xml and int8/metrics.json; returns the metrics."""
+    """Quantize a winner, save int8/model.xml and int8/metrics.json; returns the metrics.
+
+    --max-drop counts from the unpruned FP32 model: when pruning already used the whole budget on
+    val, the unpruned model is quantized instead (and the metrics say why)."""
     resolution = target.target_resolution  # the static IR shape export verifies and times
     source, model = source_model(target, use_pruned)
+    splits = target.splits(resolution)
+    budget, budget_info = _int8_budget(target, source, model, splits, max_drop, val_limit)
+    if budget < MIN_INT8_BUDGET:
+        if not quiet:
+            print(f"pruning already costs {budget_info['pruning_cost_points']:.2f} of --max-drop {max_drop} points on "
+                  "val: quantizing the unpruned model instead (prune less or fine-tune longer to ship both)",
+                  file=sys.stderr)
+        budget_info["pruned_skipped"] = True
+        source, model, budget = "fp32", target.fp32_model(), max_drop
     if not quiet:
         print(f"quantizing the {source} model of {target.winner.directory.name} at {resolution} px ...",
               file=sys.stderr)
     if not quiet and target.weights != "final":
         print(f"note: {target.winner.directory.name} has no final weights (python -m nas.train): quantizing its "
               f"proxy weights, whose accuracy at {resolution} px is not meaningful", file=sys.stderr)
-    splits = target.splits(resolution)
-    result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=max_drop,
+    result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=budget,
                             keep_float=keep_float, threads=target.threads, val_limit=val_limit)
     if result.fake_quantize_ops == 0:  # accuracy control reverted every quantized op to float
         raise UserError(f"no INT8 model of {target.winner.directory.name} stays within --max-drop {max_drop} points "
@@ -119,7 +152,8 @@ def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int =
                         "raise --max-drop or final-train the winner (python -m nas.train)")
     path = save_openvino(result.model, target.int8_dir / "model.xml")
     compile_openvino(path, target.threads)  # fail here, not in a later step, if the IR does not load
-    metrics = {"source": source, "weights": target.weights, "max_drop_points": max_drop, "ir": str(path),
+    metrics = {"source": source, "weights": target.weights, "max_drop_points": max_drop,
+               "int8_budget_points": budget, **budget_info, "ir": str(path),
                "calibration_split": "train", "accuracy_control_split": "val", **result.metrics()}
     write_json(target.int8_dir / "metrics.json", metrics)
     return metrics
@@ -131,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m compress.quantize", description=__doc__.split("\n\n")[0])
     add_target_arguments(parser)
     parser.add_argument("--max-drop", type=positive_float, default=0.5,
-                        help="largest acceptable top-1 drop in points before accuracy control (default 0.5)")
+                        help="largest acceptable val top-1 drop in points, counted from the unpruned FP32 model, "
+                             "before accuracy control (default 0.5)")
     parser.add_argument("--calibration", type=positive_int, default=300, help="calibration images (train split)")
     parser.add_argument("--val-limit", type=positive_int, default=None, help="validate on the first N images")
     parser.add_argument("--fp32", action="store_true", help="quantize the unpruned winner even if a pruned one exists")

@@ -112,8 +112,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         if entry["quantize"]:
             q = entry["quantize"]
             lines += ["", f"INT8: {q['method']} of the {q['source']} model, {q['fake_quantize_ops']} FakeQuantize ops, "
-                      f"{len(q['ignored_ops'])} ops kept float, drop {q['drop_points']:.2f} points "
-                      f"(limit {q['max_drop_points']})."]
+                      f"{len(q['ignored_ops'])} ops kept float, val drop {q['drop_points']:.2f} points "
+                      f"against its source (limit {q.get('int8_budget_points', q['max_drop_points']):.2f}"
+                      + (f" = --max-drop {q['max_drop_points']} minus pruning's {q['pruning_cost_points']:.2f}"
+                         if "pruning_cost_points" in q else "") + ")."]
+            if q.get("pruned_skipped"):
+                lines.append(f"The pruned model was not quantized: pruning alone cost {q['pruning_cost_points']:.2f} "
+                             f"points of val top-1 (--max-drop {q['max_drop_points']}).")
         if entry["prune"]:
             p = entry["prune"]
             lines += ["", f"Pruning: channel ratio {p['ratio']:.2f} in {p['steps']} step(s), "

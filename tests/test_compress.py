@@ -106,6 +106,9 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
     # NNCF path is under test.
     q = quantize_target(target, calibration=32, val_limit=100, max_drop=100.0, quiet=True)
     assert q["source"] == "pruned"
+    # the drop budget counts from the unpruned model: pruning's val cost comes off --max-drop
+    assert 0.0 <= q["pruning_cost_points"] <= 100.0 and 0.0 <= q["unpruned_fp32_accuracy"] <= 1.0
+    assert q["int8_budget_points"] == pytest.approx(100.0 - q["pruning_cost_points"])
     import openvino as ov
 
     int8_ir = ov.Core().read_model(str(target.int8_dir / "model.xml"))
@@ -124,9 +127,9 @@ def test_prune_quantize_export_end_to_end(tmp_path: Path) -> None:
             assert info["finite"] and info["max_abs_diff"] < 1e-3, (name, kind, info)
             assert info["top1_agreement"] >= 0.98, (name, kind, info)
             assert info["latency"]["estimate_ms"] > 0
-    # a ~40%-accurate 2-epoch model has small logit margins: measured 0.89 (57 of 64 images); a broken
-    # quantization (wrong scales, a reverted input conversion) agrees near chance, 0.1
-    assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.8
+    # a ~40%-accurate 2-epoch model has small logit margins: measured 0.75-0.89 over runs (48-57 of 64
+    # images); a broken quantization (wrong scales, a reverted input conversion) agrees near chance, 0.1
+    assert variants["int8"]["files"]["xml"]["top1_agreement"] >= 0.6
     assert variants["pruned"]["params"] < variants["fp32"]["params"]
 
     assert variants["int8"]["files"]["xml"]["precision"] == "int8"

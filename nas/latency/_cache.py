@@ -66,8 +66,9 @@ class LatencyCache:
         self._pid = 0
         self.hits = 0
         self.misses = 0
-        if self.path.exists():
+        if self.path.exists():  # check it now, then let go: a refused command leaves no -wal/-shm behind
             self._db()
+            self.close()
 
     def __repr__(self) -> str:
         return f"LatencyCache({str(self.path)!r})"
