@@ -60,10 +60,27 @@ class QuantizeResult:
         return data
 
 
+class BudgetSpent(Exception):
+    """The model to quantize already lies --max-drop (less MIN_INT8_BUDGET) below its reference."""
+
+    def __init__(self, spent_points: float) -> None:
+        super().__init__(f"{spent_points:.2f} points already spent")
+        self.spent_points = spent_points
+
+
+def int8_budget(max_drop: float, reference_accuracy: float | None, fp32_accuracy: float) -> tuple[float, float]:
+    """(points left for INT8, points the model already lies below the reference), in top-1 points."""
+    spent = 0.0 if reference_accuracy is None else max(0.0, 100.0 * (reference_accuracy - fp32_accuracy))
+    return max_drop - spent, spent
+
+
 def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: ImageDataset, *,
                    max_drop: float = 0.5, keep_float: bool = True, threads: int | None = None,
-                   val_limit: int | None = None) -> QuantizeResult:
-    """INT8 OpenVINO model of `model` at the resolution of `validation` (which must match `calibration`)."""
+                   val_limit: int | None = None, reference_accuracy: float | None = None) -> QuantizeResult:
+    """INT8 OpenVINO model of `model` at the resolution of `validation` (which must match `calibration`).
+
+    With `reference_accuracy` (the unpruned model's, for a pruned `model`), --max-drop counts from
+    it: what `model` already lies below comes off the INT8 budget; BudgetSpent when little is left."""
     import nncf
 
     start = time.perf_counter()
@@ -73,6 +90,9 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     fp32 = convert_openvino(model, resolution)
     images, labels = validation_batch(validation, val_limit)
     fp32_accuracy = top1(openvino_logits(fp32, images, threads), labels)
+    max_drop, spent = int8_budget(max_drop, reference_accuracy, fp32_accuracy)
+    if reference_accuracy is not None and max_drop < MIN_INT8_BUDGET:
+        raise BudgetSpent(spent)
     options, ignored = quantize_options(fp32, len(calibration), keep_float)
     calibration_set = nncf.Dataset([image[None].numpy() for image in calibration])
     int8 = nncf.quantize(fp32, calibration_set, **options)
@@ -108,19 +128,6 @@ def _val_accuracy(model: nn.Module, validation: ImageDataset, threads: int | Non
     return top1(openvino_logits(convert_openvino(model, validation.resolution), images, threads), labels)
 
 
-def _int8_budget(target: Target, source: str, model: nn.Module, splits: Any, max_drop: float,
-                 val_limit: int | None) -> tuple[float, dict[str, Any]]:
-    """The INT8 step's share of --max-drop: the drop is counted from the unpruned FP32 model, so
-    what pruning already cost on val comes off the budget (INT8 of a pruned model is judged as
-    what a user ships instead of the model they trained)."""
-    if source != "pruned":
-        return max_drop, {}
-    unpruned = _val_accuracy(target.fp32_model(), splits.val, target.threads, val_limit)
-    pruned = _val_accuracy(model, splits.val, target.threads, val_limit)
-    pruning_cost = max(0.0, 100.0 * (unpruned - pruned))
-    return max_drop - pruning_cost, {"unpruned_fp32_accuracy": unpruned, "pruning_cost_points": pruning_cost}
-
-
 def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int = 300, keep_float: bool = True,
                     use_pruned: bool = True, val_limit: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Quantize a winner, save int8/model.xml and int8/metrics.json; returns the metrics.
@@ -130,22 +137,32 @@ def quantize_target(target: Target, *, max_drop: float = 0.5, calibration: int =
     resolution = target.target_resolution  # the static IR shape export verifies and times
     source, model = source_model(target, use_pruned)
     splits = target.splits(resolution)
-    budget, budget_info = _int8_budget(target, source, model, splits, max_drop, val_limit)
-    if budget < MIN_INT8_BUDGET:
-        if not quiet:
-            print(f"pruning already costs {budget_info['pruning_cost_points']:.2f} of --max-drop {max_drop} points on "
-                  "val: quantizing the unpruned model instead (prune less or fine-tune longer to ship both)",
-                  file=sys.stderr)
-        budget_info["pruned_skipped"] = True
-        source, model, budget = "fp32", target.fp32_model(), max_drop
     if not quiet:
         print(f"quantizing the {source} model of {target.winner.directory.name} at {resolution} px ...",
               file=sys.stderr)
     if not quiet and target.weights != "final":
         print(f"note: {target.winner.directory.name} has no final weights (python -m nas.train): quantizing its "
               f"proxy weights, whose accuracy at {resolution} px is not meaningful", file=sys.stderr)
-    result = quantize_model(model, calibration_subset(splits, calibration), splits.val, max_drop=budget,
-                            keep_float=keep_float, threads=target.threads, val_limit=val_limit)
+    calibration_set = calibration_subset(splits, calibration)
+    reference = None  # a pruned model's INT8 drop counts from the unpruned model
+    if source == "pruned":
+        reference = _val_accuracy(target.fp32_model(), splits.val, target.threads, val_limit)
+    budget_info: dict[str, Any] = {}
+    try:
+        result = quantize_model(model, calibration_set, splits.val, max_drop=max_drop, keep_float=keep_float,
+                                threads=target.threads, val_limit=val_limit, reference_accuracy=reference)
+        budget, spent = int8_budget(max_drop, reference, result.fp32_accuracy)
+    except BudgetSpent as exc:
+        if not quiet:
+            print(f"pruning already costs {exc.spent_points:.2f} of --max-drop {max_drop} points on val: "
+                  "quantizing the unpruned model instead (prune less or fine-tune longer to ship both)",
+                  file=sys.stderr)
+        budget_info["pruned_skipped"] = True
+        source, budget, spent = "fp32", max_drop, exc.spent_points
+        result = quantize_model(target.fp32_model(), calibration_set, splits.val, max_drop=max_drop,
+                                keep_float=keep_float, threads=target.threads, val_limit=val_limit)
+    if reference is not None:
+        budget_info.update(unpruned_fp32_accuracy=reference, pruning_cost_points=spent)
     if result.fake_quantize_ops == 0:  # accuracy control reverted every quantized op to float
         raise UserError(f"no INT8 model of {target.winner.directory.name} stays within --max-drop {max_drop} points "
                         f"on {result.validation_images} val images (FP32 top-1 {100 * result.fp32_accuracy:.2f}%); "

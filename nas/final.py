@@ -120,11 +120,12 @@ def estimate_epoch_seconds(model: torch.nn.Module, splits: Splits, batch_size: i
     import copy
 
     from nas.threads import torch_threads
+    from nas.train import TRAIN_MEMORY_FORMAT
 
-    probe = copy.deepcopy(model).train().to(memory_format=torch.channels_last)  # as nas.train trains
+    probe = copy.deepcopy(model).train().to(memory_format=TRAIN_MEMORY_FORMAT)  # as nas.train trains
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     images, labels = splits.train.batch(torch.arange(min(batch_size, len(splits.train))))
-    images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous(memory_format=TRAIN_MEMORY_FORMAT)
     with torch_threads(threads):
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
