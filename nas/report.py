@@ -22,8 +22,8 @@ from nas.errors import UserError, run_cli
 from nas.runs import atomic_write, read_config, resolve_run, save_winner
 
 CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
-               "precision", "latency_cv", "feasible", "trained", "stopped_early", "epochs_run", "stop_reason",
-               "params_m", "seconds", "fail_reason")
+               "precision", "latency_cv", "latency_loaded", "feasible", "trained", "stopped_early", "epochs_run",
+               "stop_reason", "params_m", "seconds", "fail_reason")
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -65,6 +65,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "latency_ms": round(attrs["latency_ms"], 3) if "latency_ms" in attrs else "",
         "precision": latency.get("precision", ""),
         "latency_cv": round(latency.get("cv", 0.0), 4) if latency else "",
+        "latency_loaded": bool(attrs.get("latency_loaded", latency.get("loaded"))) if latency else "",
         "feasible": is_feasible(trial) if done else "",
         "trained": bool(attrs.get("trained")),
         "stopped_early": bool(attrs.get("stopped_early")),

@@ -41,7 +41,7 @@ from nas.latency._precision import (
 )
 from nas.latency._rounds import best_of_rounds
 from nas.latency._stats import CacheKey, LatencyStats, summarize
-from nas.latency._timing import MeasureSettings, cpu_clock, others_cores
+from nas.latency._timing import MeasureSettings, add_wait_hook, cpu_clock, others_cores, remove_wait_hook, wait_line
 
 _ROOFLINE = ("achieved_gflops", "arithmetic_intensity", "copy_bandwidth_gbs", "count_flops", "gemm_peak_gflops",
              "min_traffic_bytes", "roofline_gflops")
@@ -67,6 +67,7 @@ __all__ = [
     "LatencyStats",
     "MeasureSettings",
     "achieved_gflops",
+    "add_wait_hook",
     "arithmetic_intensity",
     "best_of_rounds",
     "check_backend",
@@ -95,8 +96,10 @@ __all__ = [
     "others_cores",
     "ov_core",
     "ov_read",
+    "remove_wait_hook",
     "roofline_gflops",
     "runtime_version",
     "summarize",
     "supported_precisions",
+    "wait_line",
 ]

@@ -23,7 +23,7 @@ from nas.latency._machine import describe_machine, machine_line
 from nas.latency._measure import lookup, measure, measure_ir
 from nas.latency._precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 from nas.latency._stats import LatencyStats
-from nas.latency._timing import MeasureSettings
+from nas.latency._timing import MeasureSettings, add_wait_hook, remove_wait_hook, wait_line
 
 DEFAULT_PRESET = "efficientvit_b0"
 
@@ -102,6 +102,10 @@ def _file_precision(path: Path) -> str:
     return ir_precision(path)  # ov_read: a truncated/foreign file is already a one-line UserError
 
 
+def _say_wait(others: float, waited_s: float) -> None:
+    print(wait_line(others, waited_s), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_backend(args.backend)  # before building anything: 'cuda' without a GPU fails fast
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = None if args.no_cache else LatencyCache(args.cache)
     hits_before = cache.hits if cache else 0
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    (remove_wait_hook if args.quiet else add_wait_hook)(_say_wait)  # other processes busy: say why it waits
 
     if args.ir is not None:
         label = str(args.ir)

@@ -116,14 +116,22 @@ class LatencyStats:
     measured_at: float = 0.0  # unix time
     precision: str = "fp32"  # fp32 | bf16 | fp16 | int8: how the runtime computed (nas.latency._precision)
     machine: str = ""  # fingerprint of the machine description (nas.latency._machine)
+    # Interference (nas.latency._timing): no attempt ran with other processes under the limit, so
+    # `estimate_ms` may overstate the quiet figure; how long timing waited for a quiet CPU; how often
+    # a loaded cache entry was re-measured on a later visit (nas.latency._measure.LOADED_REMEASURES).
+    loaded: bool = False
+    waited_s: float = 0.0
+    loaded_remeasures: int = 0
 
     @classmethod
     def from_summary(cls, summary: PassSummary, *, backend: str, runtime_version: str, device: str,
                      threads: int, resolution: int, attempts: int = 1, others_cpu: float | None = None,
-                     key: str = "", precision: str = "fp32", machine: str = "") -> LatencyStats:
+                     key: str = "", precision: str = "fp32", machine: str = "", loaded: bool = False,
+                     waited_s: float = 0.0) -> LatencyStats:
         return cls(backend=backend, runtime_version=runtime_version, device=device, threads=threads,
                    resolution=resolution, attempts=attempts, others_cpu=others_cpu, key=key,
-                   measured_at=time.time(), precision=precision, machine=machine, **asdict(summary))
+                   measured_at=time.time(), precision=precision, machine=machine, loaded=loaded,
+                   waited_s=waited_s, **asdict(summary))
 
     @property
     def ms(self) -> float:
@@ -153,7 +161,11 @@ class LatencyStats:
     def summary(self) -> str:
         """One human-readable line."""
         flag = "  [UNSTEADY]" if self.unsteady else ""
+        if self.loaded:
+            flag += "  [LOADED: other processes kept the CPU busy; may overstate]"
         others = "" if self.others_cpu is None else f", other processes used {self.others_cpu:.1f} cores"
+        if self.waited_s >= 1:
+            others += f", waited {self.waited_s:.0f} s for a quiet CPU"
         return (f"{self.estimate_ms:.3f} ms {self.precision}  (median {self.median_ms:.3f}, p90 {self.p90_ms:.3f}, "
                 f"IQR {self.iqr_ms:.3f}, CV {100 * self.cv:.1f}%, pass CV {100 * self.pass_cv:.1f}%, "
                 f"{self.samples} samples in {len(self.pass_medians_ms)} passes, "
