@@ -1,6 +1,6 @@
 """What the compression commands work on: one winner of one search run, and where results go.
 
-results/<run>/compress/<rank>-<hash>/
+results/<run>/compress/<trial>-<hash>/     named like the winner's folder (winners/<trial>-<hash>/)
   pruned/   model.pt (whole module: a pruned net no longer matches its Arch), metrics.json
   int8/     model.xml/.bin (NNCF INT8 OpenVINO IR), metrics.json
   export/   fp32|pruned|int8 .xml/.bin/.onnx, metrics.json (verification + timing)
@@ -22,7 +22,8 @@ from torch import nn
 from nas.data import Splits
 from nas.errors import UserError
 from nas.latency import PRECISIONS
-from nas.runs import Winner, atomic_write, get_winner, read_config, resolve_run
+from nas.runs import Winner, atomic_write, get_winner, load_weights, read_config, resolve_run
+from nas.runs import read_json as read_json  # re-exported for compress.export/report
 
 DEFAULT_TARGET_RESOLUTION = 224
 
@@ -100,13 +101,7 @@ class Target:
             return self.winner.model()
         from nas.models import build_model
 
-        model = build_model(self.winner.arch)
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as exc:  # truncated or foreign file
-            raise UserError(f"{path}: not readable final weights ({type(exc).__name__}); delete it or rerun "
-                            "python -m nas.train") from None
-        return model.eval()
+        return load_weights(build_model(self.winner.arch), path, "the winner's arch.yaml").eval()
 
     def splits(self, resolution: int) -> Splits:
         """The run's own train/val/test images at `resolution` (same source, seed and limit as the search)."""
@@ -119,17 +114,13 @@ class Target:
         return self.pruned_path().is_file()
 
 
-def load_target(run: str | Path | None, rank: int | None, precision: str | None = None) -> Target:
-    """Resolve --run/--winner to a Target; UserError (one line, exit 2) when either is missing or the
-    precision cannot run on OpenVINO here."""
+def load_target(run: str | Path | None, trial: int | None, precision: str | None = None) -> Target:
+    """Resolve --run/--winner (a winner's trial number; None: the best) to a Target; UserError (one
+    line, exit 2) when either is missing or damaged or the precision cannot run on OpenVINO here."""
     from nas.latency import check_precision
 
     run_dir = resolve_run(run)
-    try:
-        config = read_config(run_dir) or {}
-    except Exception as exc:  # a corrupt config is the user's file, not our bug
-        raise UserError(f"{run_dir}/config.yaml: cannot read ({exc})") from None
-    target = Target(run_dir, get_winner(run_dir, rank), config, precision)
+    target = Target(run_dir, get_winner(run_dir, trial), read_config(run_dir), precision)
     check_precision(target.precision, "openvino")
     return target
 
@@ -145,15 +136,13 @@ def load_splits(run_dir: Path, resolution: int) -> Splits:
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run directory or name under results/ (default: the latest run)")
-    parser.add_argument("--winner", type=int, default=None, help="winner rank (default: the best, rank 0/1)")
+    parser.add_argument("--winner", type=int, default=None, metavar="TRIAL",
+                        help="the winner of this trial number (winners/<trial>-<hash>/, summary.md; default: the "
+                             "best, rank 1)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="precision latencies are measured at (default: the search run's, fp32 if unset); "
                              "the report also times the float IRs at fp32 and, where the CPU has it, bf16")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -164,4 +153,12 @@ def load_module(path: Path) -> nn.Module:
     """A whole pickled module (trusted: written by compress.prune in this run directory)."""
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
-    return torch.load(path, map_location="cpu", weights_only=False).eval()
+    try:
+        module = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or garbage: any unpickling error
+        raise UserError(f"{path}: not a readable pruned model ({type(exc).__name__}); delete it or rerun "
+                        "python -m compress.prune") from None
+    if not isinstance(module, nn.Module):
+        raise UserError(f"{path}: not a pruned model (a {type(module).__name__}); delete it or rerun "
+                        "python -m compress.prune")
+    return module.eval()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nas.atomic import atomic_path, atomic_write
 from nas.data import _decode_image
 from nas.errors import UserError
 from nas.export import ONNX_OPSET
@@ -112,11 +113,10 @@ def export_deploy_onnx(model: nn.Module, path: str | Path, resolution: int, mean
     """ONNX of `DeployWrapper(model, mean, std)` with nas.export's settings (TorchScript exporter,
     dynamo=False, static batch 1): input `input` uint8 [1, R, R, 3], output `logits` [1, classes]."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = DeployWrapper(model, mean, std).eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # tracer warnings about static shapes are expected here
-        torch.onnx.export(wrapper, (example_image(resolution),), str(path), input_names=[INPUT_NAME],
+        torch.onnx.export(wrapper, (example_image(resolution),), str(tmp), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False)
     return path
 
@@ -128,10 +128,7 @@ def write_labels(directory: str | Path, class_names: Sequence[str]) -> Path:
     if not names or bad:
         raise ValueError(f"class names must be non-empty single lines, got {bad or names!r}")
     path = Path(directory) / LABELS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, "".join(f"{n}\n" for n in names))
     return path
 
 

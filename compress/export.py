@@ -84,16 +84,19 @@ def _latency_record(stats: LatencyStats) -> dict[str, Any]:
             "others_cpu": stats.others_cpu}
 
 
-def _variants(target: Target) -> dict[str, tuple[nn.Module, Path | None]]:
-    """name -> (PyTorch reference model, INT8 IR to copy or None)."""
+def _variants(target: Target) -> dict[str, tuple[nn.Module, Any]]:
+    """name -> (PyTorch reference model, INT8 openvino.Model to ship or None). Every input is read
+    here, before anything is written: a damaged one is a one-line error that leaves the run as it was."""
+    from nas.latency import ov_read
+
     fp32 = target.fp32_model()
-    variants: dict[str, tuple[nn.Module, Path | None]] = {"fp32": (fp32, None)}
+    variants: dict[str, tuple[nn.Module, Any]] = {"fp32": (fp32, None)}
     if target.has_pruned():
         variants["pruned"] = (load_module(target.pruned_path()), None)
     int8 = read_json(target.int8_dir / "metrics.json")
     if int8 is not None and (target.int8_dir / "model.xml").is_file():
         source = variants.get(int8.get("source", "fp32"), variants["fp32"])[0]
-        variants["int8"] = (source, target.int8_dir / "model.xml")
+        variants["int8"] = (source, ov_read(target.int8_dir / "model.xml"))
     return variants
 
 
@@ -110,19 +113,18 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     data = {"test": image_batch(splits.test, val_limit), "val": image_batch(splits.val, val_limit)}
     stats = (splits.train.mean, splits.train.std)
     out = target.export_dir
+    variants = _variants(target)
     write_labels(out, splits.class_labels())
     results: dict[str, Any] = {}
     files: dict[str, tuple[Path, str]] = {}
     floats = float_precisions(target)
-    for name, (model, int8_ir) in _variants(target).items():
+    for name, (model, int8_ir) in variants.items():
         if not quiet:
             print(f"exporting and verifying {name} ...", file=sys.stderr)
         if int8_ir is None:
             paths = export_files(model, out, name, resolution, stats)
         else:  # NNCF quantized the float-input model; the shipped one takes images like the others
-            from nas.latency import ov_read
-
-            paths = {"xml": save_openvino(with_preprocessing(ov_read(int8_ir), *stats), out / "int8.xml")}
+            paths = {"xml": save_openvino(with_preprocessing(int8_ir, *stats), out / "int8.xml")}
         reference = {split: torch_logits(model, images) for split, (images, _, _) in data.items()}
         record: dict[str, Any] = {"torch_accuracy": top1(reference["test"], data["test"][2]),
                                   "torch_val_accuracy": top1(reference["val"], data["val"][2]),

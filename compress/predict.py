@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nas.errors import UserError, run_cli
+from nas.latency._backends import quiet_stderr, runtime_reason
 
 MODEL_SUFFIXES = (".xml", ".onnx")
 
@@ -39,37 +37,6 @@ class Predictor:
     resolution: int
     num_classes: int
     run: Callable[[np.ndarray], np.ndarray]
-
-
-@contextmanager
-def _quiet_fd2() -> Iterator[None]:
-    """Silence file descriptor 2 (native libraries' log lines, e.g. absl in OpenVINO's readers)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
-# Location-only lines of OpenVINO exception texts ("Exception from src/...cpp:84:", "Check '...' failed at ...:219:").
-_WHERE_LINE = re.compile(r"^(Exception from |Check '.*' failed at )\S+:\d+:$")
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The informative part of a runtime's exception text, on one bounded line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not _WHERE_LINE.match(line.strip())]
-    text = lines[0] if lines else type(exc).__name__
-    if text.startswith("Unable to read the model"):  # OpenVINO: no frontend recognises the bytes
-        text = "no OpenVINO frontend recognises its contents"
-    elif "failed:" in text:  # ONNX Runtime: "[ONNXRuntimeError] : 7 : ... Load model from P failed:<why>"
-        text = text.rsplit("failed:", 1)[1].strip() or text
-    text = " ".join(text.replace(str(path), "the file").split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _image_side(path: Path, element: str, shape: list, num_outputs: int) -> int:
@@ -96,10 +63,10 @@ def _openvino(path: Path, threads: int | None) -> Predictor:
     from nas.latency import compile_openvino, count_fake_quantize, ov_core
 
     try:
-        with _quiet_fd2():
+        with quiet_stderr():
             ov_model = ov_core().read_model(str(path))
     except Exception as exc:  # garbage or truncated XML/bin: OpenVINO raises a plain RuntimeError
-        raise UserError(f"{path}: not a readable OpenVINO IR ({_reason(exc, path)})") from None
+        raise UserError(f"{path}: not a readable OpenVINO IR ({runtime_reason(exc, path)})") from None
     if len(ov_model.inputs) != 1:
         raise UserError(f"{path}: expected one image input, found {len(ov_model.inputs)} inputs")
     port = ov_model.inputs[0]
@@ -113,7 +80,7 @@ def _openvino(path: Path, threads: int | None) -> Predictor:
     try:
         compiled = compile_openvino(ov_model, threads, precision)
     except Exception as exc:
-        raise UserError(f"{path}: OpenVINO cannot compile the model ({_reason(exc, path)})") from None
+        raise UserError(f"{path}: OpenVINO cannot compile the model ({runtime_reason(exc, path)})") from None
     request = compiled.create_infer_request()
     num_classes = int(np.prod(list(compiled.outputs[0].get_shape())))
 
@@ -134,10 +101,10 @@ def _onnxruntime(path: Path, threads: int | None) -> Predictor:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        with _quiet_fd2():
+        with quiet_stderr():
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # garbage or truncated protobuf
-        raise UserError(f"{path}: not a readable ONNX model ({_reason(exc, path)})") from None
+        raise UserError(f"{path}: not a readable ONNX model ({runtime_reason(exc, path)})") from None
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
         raise UserError(f"{path}: expected one image input, found {len(inputs)} inputs")

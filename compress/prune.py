@@ -32,6 +32,7 @@ from torch import nn
 
 from compress._metrics import count_macs, count_params
 from compress._target import Target, add_target_arguments, load_target, write_json
+from nas.atomic import atomic_path
 from nas.errors import UserError, run_cli
 from nas.export import example_input
 from nas.latency import MeasureSettings, measure
@@ -155,8 +156,8 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     before = snapshot(original, resolution, evaluate(original, splits.val), before_ms)
     after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)
     before["test_accuracy"], after["test_accuracy"] = evaluate(original, splits.test), evaluate(model, splits.test)
-    target.pruned_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model, target.pruned_path())
+    with atomic_path(target.pruned_path()) as tmp:
+        torch.save(model, tmp)
     (target.int8_dir / "metrics.json").unlink(missing_ok=True)  # an INT8 of the previous pruned model is stale
     metrics = {
         "ratio": history[-1].ratio, "steps": len(history), "target_ms": target_ms,

@@ -103,7 +103,9 @@ class Arch:
         return cls.from_dict(yaml.safe_load(text))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        from nas.atomic import atomic_write
+
+        atomic_write(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> Arch:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nas.atomic import atomic_ir, atomic_path
+
 ONNX_OPSET = 17
 
 
@@ -23,14 +25,13 @@ def example_input(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tenso
 def export_onnx(model: nn.Module, path: str | Path, resolution: int, opset: int = ONNX_OPSET) -> Path:
     """TorchScript-based exporter (dynamo=False): the dynamo one drops tiny eps adds (1e-15 -> NaNs in ONNX Runtime)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # tracer warnings about static shapes are expected here
         torch.onnx.export(
             model,
             (example_input(resolution),),
-            str(path),
+            str(tmp),
             input_names=["input"],
             output_names=["logits"],
             opset_version=opset,
@@ -52,10 +53,10 @@ def convert_openvino(model: nn.Module, resolution: int):
 
 
 def save_openvino(ov_model, path: str | Path) -> Path:
-    """Save IR as true FP32 (ov.save_model defaults to FP16 weights)."""
+    """Save IR as true FP32 (ov.save_model defaults to FP16 weights), atomically: .bin, then .xml."""
     import openvino as ov
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    with atomic_ir(path) as tmp:
+        ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
     return path

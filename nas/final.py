@@ -26,7 +26,16 @@ import torch
 from nas.arch import Arch
 from nas.data import Splits, load_dataset
 from nas.errors import UserError
-from nas.runs import atomic_write, get_winner, list_winners, read_config
+from nas.runs import (
+    Winner,
+    atomic_path,
+    atomic_write,
+    get_winner,
+    list_winners,
+    load_weights,
+    read_config,
+    read_json,
+)
 
 FINAL_DIR = "final"
 DEFAULT_MAX_MINUTES = 15.0
@@ -41,7 +50,7 @@ SPLITS_FILE = "splits.json"
 class Candidate:
     """Something to final-train: a winner or a baseline of the run, with its proxy result."""
 
-    label: str  # "winner 1", "baseline casvit"
+    label: str  # "winner of trial 12", "baseline casvit"
     trial: int | None
     arch: Arch
     proxy_weights: Path | None
@@ -67,8 +76,8 @@ def run_splits(run_dir: Path, resolution: int, config: dict[str, Any] | None = N
     config = config if config is not None else read_config(run_dir)
     splits = load_dataset(config.get("data"), resolution, seed=int(config.get("seed") or 0), limit=config.get("limit"))
     recorded = run_dir / SPLITS_FILE
-    if recorded.is_file():
-        expected = json.loads(recorded.read_text())
+    expected = read_json(recorded)
+    if expected is not None:
         if expected != splits.manifest():
             raise UserError(f"{recorded}: the data at {config.get('data') or 'mnist'} no longer gives this run's "
                             f"splits (recorded {expected}, now {splits.manifest()}); restore the data or start a "
@@ -81,14 +90,18 @@ def write_split_manifest(run_dir: Path, splits: Splits) -> None:
 
 
 def winner_candidate(run_dir: Path, rank: int | None) -> Candidate:
-    winner = get_winner(run_dir, rank)
-    return Candidate(f"winner {winner.rank}", winner.metrics.get("trial"), winner.arch,
-                     winner.directory / "weights.pt", winner.metrics.get("accuracy"))
+    """The winner of `rank` on the front (None: the best)."""
+    return _candidate(get_winner(run_dir, None, rank=rank))
+
+
+def _candidate(winner: Winner) -> Candidate:
+    return Candidate(f"winner of trial {winner.trial}", winner.trial, winner.arch, winner.directory / "weights.pt",
+                     winner.metrics.get("accuracy"))
 
 
 def candidates(run_dir: Path, top: int, config: dict[str, Any]) -> list[Candidate]:
     """The `top` best winners plus every trained baseline of the run (deduplicated by architecture)."""
-    out = [winner_candidate(run_dir, w.rank) for w in list_winners(run_dir)[:top]]
+    out = [_candidate(w) for w in list_winners(run_dir) if w.rank is not None][:top]
     seen = {c.arch.hash for c in out}
     for trial in _study_trials(run_dir, config):
         attrs = trial.user_attrs
@@ -110,7 +123,10 @@ def _study_trials(run_dir: Path, config: dict[str, Any]) -> list[Any]:
     if not path.is_file():
         raise UserError(f"{path}: not found (a run with another storage: final-train its winners one by one)")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=config.get("study_name", "search"), storage=f"sqlite:///{path.resolve()}")
+    try:
+        study = optuna.load_study(study_name=config.get("study_name", "search"), storage=f"sqlite:///{path.resolve()}")
+    except Exception as exc:  # a damaged or foreign database
+        raise UserError(f"{path}: cannot open the study ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
 
 
@@ -167,7 +183,7 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = Non
     out = final_dir(run_dir, candidate.arch.hash)
     done = out / "metrics.json"
     if done.is_file() and (out / "weights.pt").is_file():
-        metrics = json.loads(done.read_text())
+        metrics = read_json(done)
         if metrics.get("epochs") == metrics.get("epochs_run") and epochs in (None, metrics.get("epochs")) \
                 and metrics.get("init") == init:
             return {**metrics, "already_done": True}
@@ -178,7 +194,7 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = Non
     if init == "proxy":
         if candidate.proxy_weights is None or not candidate.proxy_weights.is_file():
             raise UserError(f"{candidate.label}: no proxy weights to start from; use --init scratch")
-        model.load_state_dict(torch.load(candidate.proxy_weights, map_location="cpu", weights_only=True))
+        load_weights(model, candidate.proxy_weights, f"the arch of {candidate.label}")
     estimate = None
     if epochs is None:
         checkpoint = out / "checkpoint.pt"
@@ -207,10 +223,8 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = Non
     result = train_proxy(model, splits, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads,
                          warmup_epochs=0.0 if init == "proxy" else 0.3, on_epoch=on_epoch, progress=progress,
                          report_test=True, checkpoint=out / "checkpoint.pt")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".weights.pt.tmp"
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(out / "weights.pt")
+    with atomic_path(out / "weights.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
     metrics = {
         "label": candidate.label, "trial": candidate.trial, "arch_hash": candidate.arch.hash, "init": init,
         "epochs": epochs, "epochs_run": result.epochs_run, "stopped_for_time": result.stopped_early,
@@ -236,7 +250,7 @@ def proxy_fidelity(run_dir: Path) -> dict[str, Any] | None:
     """Kendall tau between proxy val accuracy and final test accuracy over the final-trained candidates."""
     rows = []
     for path in sorted((run_dir / FINAL_DIR).glob("*/metrics.json")):
-        metrics = json.loads(path.read_text())
+        metrics = read_json(path)
         if metrics.get("proxy_accuracy") is not None:
             rows.append(metrics)
     if len(rows) < 2:
@@ -256,7 +270,7 @@ def proxy_fidelity(run_dir: Path) -> dict[str, Any] | None:
 def final_markdown(run_dir: Path) -> list[str]:
     """The summary.md section on final training and proxy fidelity ([] when nothing was final-trained)."""
     data = proxy_fidelity(run_dir)
-    rows = [json.loads(p.read_text()) for p in sorted((run_dir / FINAL_DIR).glob("*/metrics.json"))]
+    rows = [read_json(p) for p in sorted((run_dir / FINAL_DIR).glob("*/metrics.json"))]
     if not rows:
         return []
     lines = ["## Final training at the target resolution (`python -m nas.train`)", "",

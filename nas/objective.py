@@ -19,6 +19,7 @@ import torch
 
 from nas import faults
 from nas.arch import Arch
+from nas.atomic import atomic_path
 from nas.data import Splits
 from nas.fidelity import MIN_PEERS, RungDecision, judge, rungs
 from nas.latency import LatencyCache, LatencyStats, MeasureSettings, lookup, measure
@@ -161,8 +162,8 @@ class Objective:
         trial.set_user_attr("train_seconds", result.seconds)
         s.checkpoints.mkdir(parents=True, exist_ok=True)
         checkpoint = s.checkpoints / f"{trial.number}-{arch.hash}.pt"
-        torch.save(model.state_dict(), checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)
+        with atomic_path(checkpoint) as tmp:
+            torch.save(model.state_dict(), tmp)
         trial.set_user_attr("checkpoint", checkpoint.name)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         return result.accuracy, stats.ms

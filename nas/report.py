@@ -19,7 +19,17 @@ from nas import faults
 from nas.arch import Arch
 from nas.cli import Parser
 from nas.errors import UserError, run_cli
-from nas.runs import atomic_write, read_config, resolve_run, save_winner
+from nas.runs import (
+    atomic_path,
+    atomic_write,
+    load_state_dict,
+    read_config,
+    read_json,
+    resolve_run,
+    save_winner,
+    winner_name,
+)
+
 
 CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
                "precision", "latency_cv", "latency_loaded", "feasible", "trained", "stopped_early", "epochs_run",
@@ -154,7 +164,7 @@ def run_machine(run_dir: Path) -> str:
         return "an unrecorded machine (no environment.json)"
 
 
-def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int, FrozenTrial]],
+def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int | None, FrozenTrial]],
                machine: str = "") -> str:
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -184,7 +194,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
     ]
     for rank, t in winners:
         lat = t.user_attrs.get("latency", {})
-        lines.append(f"| {rank} | {t.number} | {100 * t.values[0]:.2f}% | {t.values[1]:.2f} | "
+        lines.append(f"| {rank or 'left the front'} | {t.number} | {100 * t.values[0]:.2f}% | {t.values[1]:.2f} | "
                      f"{100 * lat.get('cv', 0):.1f}% | {t.user_attrs.get('params_m', 0):.2f} | "
                      f"{describe(t.user_attrs['arch'])} |")
     if not winners:
@@ -196,7 +206,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
             acc = f"{100 * t.values[0]:.2f}%" if is_trained(t) else "over budget"
             lines.append(f"| {t.user_attrs['arch'].get('name')} | {t.number} | {acc} | {t.values[1]:.2f} | "
                          f"{describe(t.user_attrs['arch'])} |")
-    lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<rank>-<hash>/ "
+    lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<trial>-<hash>/ "
               "(arch.yaml, weights.pt, metrics.json), study.db (open with optuna-dashboard).", ""]
     return "\n".join(lines)
 
@@ -213,31 +223,62 @@ def _halving_line(config: dict[str, Any], complete: list[FrozenTrial]) -> str:
             f"{stopped} of {trained} trained trials stopped at a rung")
 
 
-def export_winners(run_dir: Path, front: list[FrozenTrial]) -> list[tuple[int, FrozenTrial]]:
-    """Copy each front member's checkpoint into winners/<rank>-<hash>/ (rank 1 = most accurate)."""
-    import torch
-
+def export_winners(run_dir: Path, front: list[FrozenTrial],
+                   trials: list[FrozenTrial] | None = None) -> list[tuple[int | None, FrozenTrial]]:
+    """Copy each front member's checkpoint into winners/<trial>-<hash>/ with its rank (1 = most
+    accurate) in metrics.json. Folder names never change with the ranking: a winner that left the
+    front is deleted, unless compress/ holds outputs made from it; then it is kept with rank None
+    and returned with rank None (the summary marks it)."""
     ranked = sorted(front, key=lambda t: (-t.values[0], t.values[1]))
     winners_dir = run_dir / "winners"
+    by_trial = {w.trial: w for w in _winners_or_none(run_dir)}
     keep = set()
-    exported = []
+    exported: list[tuple[int | None, FrozenTrial]] = []
     for rank, trial in enumerate(ranked, start=1):
         checkpoint = run_dir / "checkpoints" / trial.user_attrs.get("checkpoint", "")
         if not checkpoint.is_file():
             continue
         arch = Arch.from_dict(trial.user_attrs["arch"])
-        metrics = {"trial": trial.number, "accuracy": trial.values[0], "latency_ms": trial.values[1],
+        _rename_legacy(run_dir, by_trial.get(trial.number), winner_name(trial.number, arch))
+        metrics = {"trial": trial.number, "rank": rank, "accuracy": trial.values[0], "latency_ms": trial.values[1],
                    "latency": trial.user_attrs.get("latency"), "params_m": trial.user_attrs.get("params_m"),
                    "curve": trial.user_attrs.get("curve"), "baseline": trial.user_attrs.get("baseline")}
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        keep.add(save_winner(run_dir, rank, arch, state, metrics).name)
+        keep.add(save_winner(run_dir, trial.number, arch, load_state_dict(checkpoint), metrics).name)
         exported.append((rank, trial))
-    for stale in winners_dir.glob("*-*") if winners_dir.is_dir() else []:
-        if stale.name not in keep and stale.is_dir():  # a re-ranked front: drop outdated entries
-            for file in stale.iterdir():
-                file.unlink()
-            stale.rmdir()
+    numbers = {t.number: t for t in trials or []}
+    for stale in sorted(winners_dir.glob("*-*")) if winners_dir.is_dir() else []:
+        if stale.name in keep or not stale.is_dir():
+            continue
+        if (run_dir / "compress" / stale.name).is_dir():  # compress/ outputs follow this folder: keep it
+            metrics = read_json(stale / "metrics.json") or {}
+            atomic_write(stale / "metrics.json", json.dumps({**metrics, "rank": None}, indent=2))
+            if metrics.get("trial") in numbers:
+                exported.append((None, numbers[metrics["trial"]]))
+            continue
+        for file in stale.iterdir():  # left the front, nothing made from it
+            file.unlink()
+        stale.rmdir()
     return exported
+
+
+def _winners_or_none(run_dir: Path) -> list[Any]:
+    from nas.runs import list_winners
+
+    try:
+        return list_winners(run_dir)
+    except UserError:  # a damaged winner folder: rewritten below when its trial is still on the front
+        return []
+
+
+def _rename_legacy(run_dir: Path, winner: Any, name: str) -> None:
+    """Runs reported before winners were keyed by trial named their folders by rank: rename the folder
+    of this trial (and its compress/ outputs) to <trial>-<hash>."""
+    if winner is None or winner.directory.name == name or (run_dir / "winners" / name).exists():
+        return
+    old = run_dir / "compress" / winner.directory.name
+    if old.is_dir() and not (run_dir / "compress" / name).exists():
+        old.rename(run_dir / "compress" / name)
+    winner.directory.rename(run_dir / "winners" / name)
 
 
 def write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None = None, splits: Any = None) -> None:
@@ -260,11 +301,11 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     trials = study.get_trials(deepcopy=False)
     front = pareto_front(study)
     atomic_write(run_dir / "trials.csv", trials_csv(trials))
-    pareto_png(run_dir / ".pareto.png.tmp.png", trials, front, budget_ms)
-    faults.point("report")
-    (run_dir / ".pareto.png.tmp.png").replace(run_dir / "pareto.png")
+    with atomic_path(run_dir / "pareto.png") as tmp:
+        pareto_png(tmp, trials, front, budget_ms)
+        faults.point("report")
     pareto_html(run_dir / "pareto.html", study)
-    winners = export_winners(run_dir, front)
+    winners = export_winners(run_dir, front, trials)
     from nas.final import final_markdown
 
     summary = summary_md(config, trials, winners, run_machine(run_dir))
@@ -272,7 +313,7 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     atomic_write(run_dir / "summary.md", summary + ("\n" + "\n".join(final) if final else ""))
     atomic_write(run_dir / "front.json", json.dumps(
         [{"rank": r, "trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
-          "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners], indent=2))
+          "arch_hash": t.user_attrs.get("arch_hash")} for r, t in winners if r is not None], indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,10 +96,10 @@ def _print(stats: LatencyStats, label: str, cache_note: str, as_json: bool) -> N
 
 
 def _file_precision(path: Path) -> str:
-    """The precision a model file is deployed at (int8 when quantized); ONNX Runtime reads no IR."""
-    if path.suffix.lower() != ".xml":
-        return DEFAULT_PRECISION
-    return ir_precision(path)  # ov_read: a truncated/foreign file is already a one-line UserError
+    """The precision a model file is deployed at (int8 when quantized). Reading it (ov_read, .onnx too)
+    makes a damaged file a one-line UserError before anything is printed."""
+    precision = ir_precision(path)
+    return precision if path.suffix.lower() == ".xml" else DEFAULT_PRECISION
 
 
 def _say_wait(others: float, waited_s: float) -> None:
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ir is not None:
         label = str(args.ir)
         check_model_file(args.ir, args.backend)
-        precision = args.precision or _file_precision(args.ir)
+        file_precision = _file_precision(args.ir)  # reads the file: a damaged one fails here, before any line
+        precision = args.precision or file_precision
         say(f"timing {label} on {args.backend} at {precision} ...")
         stats = measure_ir(args.ir, args.backend, args.threads, precision=precision, resolution=args.resolution,
                            cache=cache, settings=settings, refresh=args.refresh)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -144,12 +146,61 @@ def _ov_step(ov_model: Any, threads: int, data: np.ndarray, precision: str) -> S
     return step
 
 
-def ov_read(path: str | Path) -> Any:
-    """openvino.Model from an .xml/.onnx file; UserError naming the file when it cannot be read."""
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 around a native reader: OpenVINO's frontends log lines of their own
+    (absl, protobuf) about a file they reject, which would come before our one-line error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        return ov_core().read_model(str(path))
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+# Location-only lines of OpenVINO exception texts ("Exception from src/...cpp:84:", "Check '...' failed at ...:219:").
+_WHERE_LINE = re.compile(r"^(Exception from |Check '.*' failed at )\S+:\d+:$")
+
+
+def runtime_reason(exc: BaseException, path: str | Path) -> str:
+    """The informative part of a runtime's exception text about `path`, on one bounded line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not _WHERE_LINE.match(line.strip())]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("Unable to read the model"):  # OpenVINO: no frontend recognises the bytes
+        text = "no OpenVINO frontend recognises its contents"
+    elif "failed:" in text:  # ONNX Runtime: "[ONNXRuntimeError] : 7 : ... Load model from P failed:<why>"
+        text = text.rsplit("failed:", 1)[1].strip() or text
+    text = " ".join(text.replace(str(path), "the file").split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _check_ir_files(path: Path) -> None:
+    """An IR .xml needs its .bin beside it (OpenVINO's own message does not name it)."""
+    if path.suffix.lower() != ".xml":
+        return
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not an OpenVINO IR")
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise UserError(f"{path}: its weights file {weights} is missing (an IR is an .xml/.bin pair)")
+
+
+def ov_read(path: str | Path) -> Any:
+    """openvino.Model from an .xml/.onnx file; UserError naming the file when it cannot be read
+    (garbage, truncated or empty; an .xml whose .bin is missing or shorter than it expects)."""
+    _check_ir_files(Path(path))
+    try:
+        with quiet_stderr():
+            return ov_core().read_model(str(path))
     except Exception as exc:  # a truncated or foreign file: OpenVINO raises a plain RuntimeError
-        raise UserError(f"{path}: cannot read the model ({str(exc).strip().splitlines()[0][:200]})") from None
+        reason = runtime_reason(exc, path)
+        if "bin file" in reason:  # "Incorrect weights in bin file!": the .bin is shorter than the .xml says
+            reason = f"{Path(path).with_suffix('.bin')} is shorter than the .xml describes: {reason}"
+        raise UserError(f"{path}: cannot read the model ({reason})") from None
 
 
 def _ov_read(path: Path, resolution: int | None) -> tuple[Any, np.ndarray, int]:
@@ -181,9 +232,10 @@ def _ort_step(onnx_path: Path, threads: int, resolution: int | None) -> tuple[St
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        with quiet_stderr():
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{onnx_path}: cannot load the model ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise UserError(f"{onnx_path}: cannot load the model ({runtime_reason(exc, onnx_path)})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise UserError(f"{onnx_path}: expected one input, found {len(inputs)}")

@@ -66,6 +66,8 @@ class LatencyCache:
         self._pid = 0
         self.hits = 0
         self.misses = 0
+        if self.path.is_dir():
+            raise CacheError(f"{self.path}: a directory, not a latency cache file; pass a file path")
         if self.path.exists():  # check it now, then let go: a refused command leaves no -wal/-shm behind
             self._db()
             self.close()

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from nas.cli import Parser, positive_float, positive_int
 from nas.errors import UserError
 from nas.identity import RunIdentity, check_identity, read_identity
-from nas.runs import RESULTS_DIR, atomic_write
+from nas.runs import RESULTS_DIR, atomic_write, check_study_file
 from nas.search.loop import enqueue_baselines, optimize
 from nas.search.storage import (
     SAMPLERS,
@@ -169,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: one line each from after_trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
-    storage = storage_for(storage_url) if args.storage else None
+    if not args.storage:
+        check_study_file(run_dir)
+    try:
+        storage = storage_for(storage_url) if args.storage else None
+    except UserError:
+        raise
+    except Exception as exc:  # a damaged journal file: JournalStorage replays it when opened
+        raise UserError(f"--storage {storage_url!r}: cannot read the study ({type(exc).__name__}); restore the "
+                        "file or pass a new one") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=args.study_name, storage=storage or storage_for(storage_url),
                                 directions=["maximize", "minimize"], load_if_exists=True,
