@@ -39,6 +39,7 @@ from torch import nn
 from compress.prune import prune_model
 from compress.quantize import quantize_model
 from nas.arch import Arch, StageSpec
+from nas.atomic import atomic_write
 from nas.data import calibration_subset, load_dataset
 from nas.export import save_openvino
 from nas.latency import (
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"compress_bench{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps({
+    atomic_write(out, json.dumps({
         "settings": {k: v for k, v in vars(args).items() if k != "settings"}, "targets": TARGETS,
         "device": cpu_name(), "machine": describe_machine(), "precision": "fp32 (pinned; INT8 IRs: float ops f32)",
         "openvino": runtime_version("openvino"), "threads": args.threads,

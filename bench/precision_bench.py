@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # `python bench/precision_bench.py`: make `nas` i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.latency_bench import run_benchmark_app
+from nas.atomic import atomic_write
 from nas.export import convert_openvino, save_openvino
 from nas.latency import (
     FLOAT_PRECISIONS,
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"precision_{'numerics_' if args.numerics_only else ''}{cpu_slug(machine)}"
     path = args.out / f"{stem}{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write(path, json.dumps(report, indent=2, default=str) + "\n")
     print_table(report)
     print(f"\nwrote {path} in {report['seconds_total']} s")
     return 0

@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # `python bench/sampler_bench.py`: make `nas` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.arch import Arch
+from nas.atomic import atomic_write
 from nas.mixers import mixer_names
 from nas.space import SearchSpace, load_space
 
@@ -68,7 +69,7 @@ def record(run_dir: Path, out: Path) -> dict[str, Any]:
         run["space_file"] = str(space_file.relative_to(REPO))
     table = {"run": run, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=1))
+    atomic_write(out, json.dumps(table, indent=1))
     return table
 
 
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                   "reference_point": {"accuracy": 0.0, "latency_ms": budget}, "seeds": args.seeds,
                   "trials": args.trials, "baselines_enqueued": len(baselines), "samplers": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record_out, indent=1))
+    atomic_write(args.out, json.dumps(record_out, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from bench.precision_bench import cpu_slug
+    from nas.atomic import atomic_write
     from nas.latency import describe_machine, machine_line
 
     machine = describe_machine()
@@ -173,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}  # one part reruns, the other stays
     if not args.accuracy_only:
         result.update(_throughput(args, machine, machine_line(machine)))
-        out.write_text(json.dumps(result, indent=1))
+        atomic_write(out, json.dumps(result, indent=1))
         print(f"saved {out}")
     if args.accuracy or args.accuracy_only:
         load_before = os.getloadavg()
         result["accuracy"] = _accuracy([32, 48, 64], epochs=1, archs=args.accuracy_archs)
         result["accuracy"]["load_average_before_after"] = [load_before, os.getloadavg()]
         print(json.dumps(result["accuracy"]["kendall_tau_vs"]))
-        out.write_text(json.dumps(result, indent=1))
+        atomic_write(out, json.dumps(result, indent=1))
         print(f"saved {out}")
     return 0
 
