@@ -114,6 +114,8 @@ def export_target(target: Target, *, val_limit: int | None = None, rounds: int =
     stats = (splits.train.mean, splits.train.std)
     out = target.export_dir
     variants = _variants(target)
+    for other in sorted((target.run_dir / "compress").glob("*/export/metrics.json")):
+        read_json(other)  # the report reads every winner's: a damaged one fails now, before anything is written
     write_labels(out, splits.class_labels())
     results: dict[str, Any] = {}
     files: dict[str, tuple[Path, str]] = {}

@@ -282,6 +282,10 @@ CORPUS: dict[str, Builder] = {
     "export int8 metrics.json truncated": in_run("compress.export",
                                                  lambda r: _int8(r, b'{"source": "fp', b"<net/>") / "metrics.json",
                                                  "--val-limit", "4", "--quiet"),
+    "export another winner's export metrics.json garbage": in_run(
+        "compress.export", _put(lambda r: (r / "compress" / "99-0123456789ab" / "export").mkdir(parents=True)
+                                or r / "compress" / "99-0123456789ab" / "export" / "metrics.json", GARBAGE),
+        "--val-limit", "4", "--quiet"),
     "export winner arch.yaml empty": in_run("compress.export", _put(lambda r: _winner(r) / "arch.yaml", b""),
                                             "--quiet"),
     # compress.predict
