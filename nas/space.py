@@ -9,6 +9,7 @@ sampled architecture always builds.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -126,12 +127,14 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _maps_do_not_vanish(self) -> SearchSpace:
-        """At the smallest resolution and largest stride every stage keeps a feature map."""
+        """At the proxy resolution, with the stem and downsamplings that shrink most, every stage keeps
+        a feature map its mixer works on. Stride-2 3x3 convs (padding 1) round up: 48 px -> 24 -> ... -> 2."""
+        side = min(stem_side(self.resolution.proxy, k) for k in choices(self.stem.kind))
         stride = max(STEM_STRIDES[k] for k in choices(self.stem.kind))
         for index, stage in enumerate(self.stages):
             if set(choices(stage.downsample)) - {"none"}:
                 stride *= 2
-            side = self.resolution.proxy // stride
+                side = (side + 1) // 2
             mixer = max(choices(stage.mixer), key=lambda m: mixer_info(m).min_side)
             need = mixer_info(mixer).min_side
             if side < need:
@@ -141,6 +144,30 @@ class SearchSpace(_Strict):
                     "(raise resolution.proxy or use fewer downsampling stages)"
                 )
         return self
+
+    def scaled(self, width: float) -> SearchSpace:
+        """This space with every stem and stage width choice multiplied by `width` (nas.fit chooses it).
+
+        Widths round to multiples of 8, and of every head_dim choice in a stage with an attention
+        mixer (whole heads); choices that round together merge. The head's widths stay as written.
+        """
+        if width == 1.0:
+            return self
+
+        def scale(values: list[int], multiple: int) -> list[int]:
+            out = [min(MAX_WIDTH, max(multiple, round(v * width / multiple) * multiple)) for v in values]
+            return list(dict.fromkeys(out))
+
+        data = self.model_dump()
+        stem = self.stem.width
+        data["stem"]["width"] = (IntRange(low=scale([stem.low], 8)[0], high=scale([stem.high], 8)[0], step=8)
+                                 .model_dump() if isinstance(stem, IntRange) else _knob(scale(choices(stem), 8)))
+        for stage, out in zip(self.stages, data["stages"], strict=True):
+            multiple = 8
+            if any(mixer_info(m).attention for m in choices(stage.mixer)):
+                multiple = math.lcm(8, *choices(stage.head_dim))
+            out["width"] = _knob(scale(choices(stage.width), multiple))
+        return SearchSpace.model_validate(data)
 
     # ---- sampling -------------------------------------------------------------------------
     # Every knob of every stage is suggested under a fixed name on every trial, even a fixed one (a
@@ -217,8 +244,24 @@ class SearchSpace(_Strict):
         return params, exact
 
 
+def stem_side(resolution: int, kind: str) -> int:
+    """Feature-map side after a stem (nas.models.blocks.build_stem): its 3x3 stride-2 convs round up,
+    the 16x16 patch embedding rounds down."""
+    if kind == "patch":
+        return resolution // 16
+    side = resolution
+    for _ in range(STEM_STRIDES[kind].bit_length() - 1):
+        side = (side + 1) // 2
+    return side
+
+
 BASE_KNOBS = ("mixer", "depth", "width", "expand", "downsample")  # every mixer reads these
 STAGE_KNOBS = BASE_KNOBS + OPTIONAL_KNOBS
+
+
+def _knob(values: list[Any]) -> Any:
+    """A knob as YAML writes it: the value itself when there is one choice."""
+    return values[0] if len(values) == 1 else values
 
 
 def _widths_label(widths: Any) -> str:

@@ -1,0 +1,113 @@
+"""Fit the search space to the device: a width multiplier that centres sampled latencies on the budget.
+
+A YAML space cannot be centred on a budget for every CPU (the same hybrid takes 1 ms on one machine
+and 2 ms on another), and a space far under (or over) the budget teaches the search nothing about
+the budget's edge. So before the search, like the baselines, the space is fitted on the machine that
+times it: `SAMPLES` architectures drawn at random from the space are timed, and the stem and stage
+widths are multiplied by the factor that brings the median of their latencies to `TARGET` x budget
+(then about half of what random sampling draws lies over the budget, and the front can reach the
+budget). Latency grows roughly as a power of the width multiplier; the exponent is measured: first
+a guess, then a secant on log-log through the measured medians, at most `MAX_ROUNDS` rounds.
+
+The samples are the same draws at every multiplier (each knob is drawn as a quantile of its
+choices), and those of the chosen multiplier become the search's first trials: their latencies are
+then already measured (the sampler's random start-up, at no extra timing cost).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nas.arch import Arch
+from nas.space import SearchSpace
+
+SAMPLES = 8
+TARGET = 0.9  # the samples' median latency, as a share of the budget
+BAND = (0.7, 1.15)  # a median within this share of the budget is close enough
+MAX_ROUNDS = 3
+FIRST_EXPONENT = 1.5  # latency ~ multiplier^p before any measurement says otherwise
+MULTIPLIER_RANGE = (0.25, 4.0)
+
+
+@dataclass
+class SpaceFit:
+    multiplier: float
+    budget_ms: float
+    median_ms: float  # of the samples at `multiplier`
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # each: multiplier, median_ms, latencies_ms
+    samples: list[dict[str, Any]] = field(default_factory=list)  # parameter dicts at `multiplier`
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpaceFit:
+        return cls(**data)
+
+    def line(self) -> str:
+        share = sum(ms > self.budget_ms for ms in self.rounds[-1]["latencies_ms"]) if self.rounds else 0
+        return (f"space fitted to this machine: widths x{self.multiplier:g}, median of {len(self.samples)} random "
+                f"architectures {self.median_ms:.2f} ms ({share} over the {self.budget_ms:g} ms budget), "
+                f"{len(self.rounds)} round(s)")
+
+
+class _QuantileTrial:
+    """Draws each knob as a fixed quantile of its choices, so the same draw maps onto any scaled space."""
+
+    def __init__(self, quantiles: dict[str, float]) -> None:
+        self.quantiles = quantiles
+
+    def _pick(self, name: str, values: list[Any]) -> Any:
+        return values[min(len(values) - 1, int(self.quantiles[name] * len(values)))]
+
+    def suggest_categorical(self, name: str, values: list[Any]) -> Any:
+        return self._pick(name, list(values))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1) -> int:
+        return self._pick(name, list(range(low, high + 1, step)))
+
+
+def fit_space(space: SearchSpace, num_classes: int, budget_ms: float, latency_ms: Callable[[Arch], float],
+              *, seed: int = 0, samples: int = SAMPLES,
+              progress: Callable[[str], None] | None = None) -> SpaceFit:
+    """Choose the width multiplier (see the module doc); `latency_ms(arch)` measures one architecture."""
+    rng = random.Random(f"fit-{seed}")
+    draws = [_QuantileTrial({name: rng.random() for name in space.knobs()}) for _ in range(samples)]
+    target = TARGET * budget_ms
+    rounds: list[dict[str, Any]] = []
+    multiplier = 1.0
+    for _ in range(MAX_ROUNDS):
+        scaled = space.scaled(multiplier)
+        params = [scaled.suggest(draw) for draw in draws]
+        latencies = [latency_ms(scaled.decode(p, num_classes)) for p in params]
+        median = statistics.median(latencies)
+        rounds.append({"multiplier": multiplier, "median_ms": median, "latencies_ms": latencies})
+        if progress is not None:
+            progress(f"fit: widths x{multiplier:g}: median {median:.2f} ms of {samples} random architectures")
+        if BAND[0] * budget_ms <= median <= BAND[1] * budget_ms or len(rounds) == MAX_ROUNDS:
+            break
+        multiplier = _next_multiplier(rounds, target)
+        if any(r["multiplier"] == multiplier for r in rounds):
+            break  # the clamp or the rounding allows no other multiplier
+    chosen = min(rounds, key=lambda r: abs(math.log(r["median_ms"] / target)))
+    scaled = space.scaled(chosen["multiplier"])
+    return SpaceFit(multiplier=chosen["multiplier"], budget_ms=budget_ms, median_ms=chosen["median_ms"],
+                    rounds=rounds, samples=[scaled.suggest(draw) for draw in draws])
+
+
+def _next_multiplier(rounds: list[dict[str, Any]], target: float) -> float:
+    """Power law latency = a * m^p through the last two rounds (a guessed p after one), solved for target."""
+    last = rounds[-1]
+    exponent = FIRST_EXPONENT
+    if len(rounds) >= 2:
+        prev = rounds[-2]
+        span = math.log(last["multiplier"] / prev["multiplier"])
+        if span and last["median_ms"] > 0 and prev["median_ms"] > 0:
+            exponent = max(0.3, min(3.0, math.log(last["median_ms"] / prev["median_ms"]) / span))
+    m = last["multiplier"] * (target / last["median_ms"]) ** (1 / exponent)
+    return round(min(MULTIPLIER_RANGE[1], max(MULTIPLIER_RANGE[0], m)), 2)

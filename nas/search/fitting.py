@@ -1,0 +1,43 @@
+"""The study's side of space fitting (nas.fit): fit once per study, reuse the recorded fit on resume
+and in every worker, and enqueue the fit's samples as the first trials."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import optuna
+
+from nas.fit import SpaceFit, fit_space
+from nas.space import SearchSpace
+
+FIT_ATTR = "space_fit"
+SAMPLES_ATTR = "space_fit_enqueued"
+
+
+def fitted_space(study: optuna.Study, objective: Any, budget_ms: float, seed: int, quiet: bool) -> SpaceFit:
+    """The study's recorded fit, else a new one (recorded before anything is enqueued)."""
+    recorded = study.user_attrs.get(FIT_ATTR)
+    if recorded is not None:
+        return SpaceFit.from_dict(recorded)
+    fit = fit_space(objective.space, objective.splits.num_classes, budget_ms, lambda a: objective.latency(a).ms,
+                    seed=seed, progress=None if quiet else lambda line: print(line, file=sys.stderr))
+    # Two workers starting together may both fit; the first record wins, so all use one space.
+    recorded = study.user_attrs.get(FIT_ATTR)
+    if recorded is not None:
+        return SpaceFit.from_dict(recorded)
+    study.set_user_attr(FIT_ATTR, fit.to_dict())
+    return fit
+
+
+def enqueue_fit_samples(study: optuna.Study, fit: SpaceFit) -> None:
+    """The fit's timed samples as the first trials (once per study): their latency is cached already."""
+    if study.user_attrs.get(SAMPLES_ATTR):
+        return
+    for params in fit.samples:
+        study.enqueue_trial(params, user_attrs={"fit_sample": True}, skip_if_exists=True)
+    study.set_user_attr(SAMPLES_ATTR, True)
+
+
+def apply_fit(space: SearchSpace, fit: SpaceFit | None) -> SearchSpace:
+    return space if fit is None else space.scaled(fit.multiplier)
