@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from nas.train import train_proxy
 from nas.workers import is_live, worker_claim
 
 NEAR_BUDGET = 0.15  # within 15% of the budget: a second, independent measurement takes part
+# Where a worker's measurements come from (nas.search.roles): (arch, index, latency_key, measure here) ->
+# the index-th measurement; e.g. the study's record, a request to the measuring worker, or `here()`.
+LatencySource = Callable[[Arch, int, str, Callable[[], LatencyStats]], LatencyStats]
 LOADED_REPEATS = 1  # more measurements when every one of a near/over-budget candidate ran loaded
 
 
@@ -51,8 +55,10 @@ class TrialSettings:
 
 
 class Objective:
-    def __init__(self, space: SearchSpace, splits: Splits, settings: TrialSettings, cache: LatencyCache) -> None:
+    def __init__(self, space: SearchSpace, splits: Splits, settings: TrialSettings, cache: LatencyCache,
+                 latency_source: LatencySource | None = None) -> None:
         self.space, self.splits, self.settings, self.cache = space, splits, settings, cache
+        self.latency_source = latency_source  # None: measured here (see LatencySource)
 
     def arch_for(self, trial: optuna.Trial) -> Arch:
         """The trial's network. Every knob is suggested first, also for a baseline (enqueued with its
@@ -71,7 +77,7 @@ class Objective:
         s = self.settings
         built = [model]
 
-        def once(index: int) -> LatencyStats:
+        def here(index: int) -> LatencyStats:
             key = latency_key(arch.hash, s.latency_settings, index)
             hit = lookup(self.cache, key, s.target_resolution, s.backend, s.threads, s.precision)
             if hit is not None:  # e.g. baseline scaling on a resume: no need to build the model
@@ -80,6 +86,12 @@ class Objective:
                 built[0] = build_model(arch)
             return measure(built[0], s.target_resolution, s.backend, s.threads, precision=s.precision,
                            cache=self.cache, key=key, settings=s.latency_settings)
+
+        def once(index: int) -> LatencyStats:
+            if self.latency_source is None:
+                return here(index)
+            return self.latency_source(arch, index, latency_key(arch.hash, s.latency_settings, index),
+                                       lambda: here(index))
 
         return decided_latency(once, s.budget_ms)
 

@@ -30,7 +30,15 @@ from nas.latency._backends import (
     runtime_version,
 )
 from nas.latency._cache import LatencyCache, default_cache_path
-from nas.latency._machine import cpu_features, cpu_name, describe_machine, machine_id, machine_line
+from nas.latency._machine import (
+    cpu_features,
+    cpu_name,
+    describe_device,
+    describe_machine,
+    device_line,
+    machine_id,
+    machine_line,
+)
 from nas.latency._measure import file_key, lookup, measure, measure_ir
 from nas.latency._precision import (
     DEFAULT_PRECISION,
@@ -81,7 +89,9 @@ __all__ = [
     "cpu_name",
     "default_cache_path",
     "default_threads",
+    "describe_device",
     "describe_machine",
+    "device_line",
     "device_name",
     "file_key",
     "gemm_peak_gflops",

@@ -94,3 +94,30 @@ def machine_line(description: dict[str, Any] | None = None) -> str:
     d = description or describe_machine()
     caps = " ".join(d.get("openvino_capabilities") or []) or "n/a"
     return f"{d['cpu']} [{' '.join(d.get('isa') or []) or 'no AVX2'}; OpenVINO caps {caps}; id {d['fingerprint']}]"
+
+
+DEVICE_ENV = "VITNAS_DEVICE_FINGERPRINT"  # test/ops hook: declare this worker another latency device
+_DEVICE_KEYS = ("fingerprint", "logical_cpus", "backend", "device", "runtime_version", "threads", "precision")
+
+
+def describe_device(backend: str, threads: int, precision: str) -> dict[str, Any]:
+    """The latency device a search pins: the machine description plus what else changes a latency
+    (cores, runtime and its version, backend, threads, precision), with a `device_fingerprint` of all.
+
+    $VITNAS_DEVICE_FINGERPRINT replaces the computed fingerprint (to simulate another device in tests,
+    or to tell apart hosts whose descriptions agree but whose latencies must not mix)."""
+    from nas.latency._backends import device_name, runtime_version
+
+    description = describe_machine()
+    description.update(backend=backend, device=device_name(backend), runtime_version=runtime_version(backend),
+                       threads=threads, precision=precision)
+    text = json.dumps({k: description[k] for k in _DEVICE_KEYS}, sort_keys=True)
+    description["device_fingerprint"] = os.environ.get(DEVICE_ENV) or hashlib.sha1(text.encode()).hexdigest()[:10]
+    return description
+
+
+def device_line(description: dict[str, Any]) -> str:
+    """machine_line plus the runtime, threads of cores, precision and the device fingerprint."""
+    d = description
+    return (f"{machine_line(d)}, {d['backend']} {d['runtime_version']}, {d['threads']} of {d['logical_cpus']} "
+            f"threads, {d['precision']} (device {d['device_fingerprint']})")

@@ -23,9 +23,9 @@ from nas.errors import UserError
 from nas.identity import RunIdentity, check_identity, read_identity
 from nas.runs import RESULTS_DIR, atomic_write, check_study_file
 from nas.search.loop import enqueue_baselines, optimize
+from nas.search.roles import ROLES, StudyLatency, join_study, serve
 from nas.search.storage import (
     SAMPLERS,
-    check_machine,
     check_study_identity,
     fail_orphaned_trials,
     make_sampler,
@@ -71,6 +71,12 @@ def build_parser() -> Parser:
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the pure-family baselines")
     p.add_argument("--quick-latency", action="store_true", help="short timing passes (smoke tests only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--role", choices=ROLES, default="both",
+                   help="both (default): time and train; train: train only, on any machine, latencies come from "
+                        "the study's measuring worker; measure: only time, for training-only workers, on the "
+                        "run's pinned device")
+    p.add_argument("--latency-wait", type=positive_float, default=600.0,
+                   help="--role train: seconds to wait for a measuring worker's latency before giving up (default 600)")
     return p
 
 
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     faults.install()  # chaos-test hooks in the machine lock; inert unless VITNAS_FAULTS / VITNAS_TRACE are set
     args = build_parser().parse_args(argv)
     check_backend(args.backend)
-    check_precision(args.precision, args.backend)
+    if args.role != "train":  # a training-only worker never runs the latency precision
+        check_precision(args.precision, args.backend)
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
     space = load_space(space_file)
     threads = args.threads or default_threads()
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                                 directions=["maximize", "minimize"], load_if_exists=True,
                                 sampler=make_sampler(args.sampler, args.seed,
                                                      arch_key=lambda p: space.decode(p, splits.num_classes).hash))
-    check_machine(study)
+    device = join_study(study, args.role, args.backend, threads, args.precision,
+                        journal=storage_url.startswith("journal:"))
     check_study_identity(study, identity)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     from nas.final import write_split_manifest
@@ -197,16 +205,23 @@ def main(argv: list[str] | None = None) -> int:
                              checkpoints=run_dir / "checkpoints",
                              latency_settings=MeasureSettings.quick() if args.quick_latency else None,
                              trials=args.trials, min_epochs=identity.min_epochs, eta=identity.eta)
-    objective = Objective(space, splits, settings, cache)
+    latency_source = StudyLatency(study, args.role, device, args.latency_wait, args.quiet)
+    objective = Objective(space, splits, settings, cache, latency_source)
     orphans = fail_orphaned_trials(study)
     if orphans and not args.quiet:
         print(f"resume: {len(orphans)} trial(s) left running by a dead worker failed and queued again",
               file=sys.stderr)
+    if args.role == "measure":
+        served = serve(study, objective, latency_source, args.trials,
+                       seconds_left=args.timeout - (time.monotonic() - started), quiet=args.quiet)
+        print(f"measured {served} latency request(s) for study {args.study_name!r}")
+        return 0
     if not args.no_baselines:
         enqueue_baselines(study, objective, args.budget_ms, args.quiet)
 
     outcome = optimize(study, objective, args.trials, seconds_left=args.timeout - (time.monotonic() - started),
                        quiet=args.quiet)
+    outcome = outcome if latency_source.gave_up is None else latency_source.gave_up
     write_report(run_dir, study, budget_ms=args.budget_ms, splits=splits)
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]

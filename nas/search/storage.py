@@ -16,7 +16,7 @@ from nas.errors import UserError
 from nas.identity import RunIdentity, check_identity
 from nas.search._optuna import fail_trial
 from nas.search.norepeat import NoRepeatSampler
-from nas.workers import is_orphan, orphan_reason
+from nas.workers import is_orphan, orphan_reason, single_host
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
@@ -97,20 +97,23 @@ def check_machine(study: optuna.Study) -> None:
         study.set_user_attr("machine", mine)
     elif recorded.get("fingerprint") != mine["fingerprint"]:
         raise UserError(f"study {study.study_name!r}: its latencies come from {machine_line(recorded)}, this worker "
-                        f"runs on {machine_line(mine)}; latencies of different machines cannot share one front")
+                        f"runs on {machine_line(mine)}; latencies of different machines cannot share one front "
+                        "(--role train trains here and leaves timing to the study's machine)")
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     """Fail (and retry) RUNNING trials whose worker is gone, now rather than after the heartbeat grace.
 
     Sound with several workers: a trial is failed only when its claimed worker process on this host
-    no longer exists, or when no worker claimed it within nas.workers.CLAIM_SECONDS; a live worker's
-    trial is never touched, and trials claimed on other hosts are left to the storage heartbeat.
+    no longer exists, or when no worker claimed it within nas.workers.CLAIM_SECONDS (only while all
+    workers ran on this host); a live worker's trial is never touched, and trials claimed on other
+    hosts are left to the storage heartbeat.
     Returns the numbers of the trials this call failed.
     """
     failed = []
+    alone = single_host(study)  # else an unclaimed trial's start time may be another host's local time
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_orphan(trial) and (done := fail_trial(study, trial, orphan_reason(trial))) is not None:
+        if is_orphan(trial, alone) and (done := fail_trial(study, trial, orphan_reason(trial))) is not None:
             failed.append(done)
     for trial in failed:
         RETRY(study, trial)
