@@ -23,7 +23,7 @@ from nas.arch import Arch
 from nas.atomic import atomic_path
 from nas.data import Splits
 from nas.fidelity import MIN_PEERS, RungDecision, judge, rungs
-from nas.latency import LatencyCache, LatencyStats, MeasureSettings, lookup, measure
+from nas.latency import LatencyCache, LatencyStats, MeasureSettings, Predictor, lookup, measure
 from nas.models import build_model
 from nas.space import SearchSpace
 from nas.train import train_proxy
@@ -56,9 +56,10 @@ class TrialSettings:
 
 class Objective:
     def __init__(self, space: SearchSpace, splits: Splits, settings: TrialSettings, cache: LatencyCache,
-                 latency_source: LatencySource | None = None) -> None:
+                 latency_source: LatencySource | None = None, predictor: Predictor | None = None) -> None:
         self.space, self.splits, self.settings, self.cache = space, splits, settings, cache
         self.latency_source = latency_source  # None: measured here (see LatencySource)
+        self.predictor = predictor  # rejects candidates predicted far over budget before building them
 
     def arch_for(self, trial: optuna.Trial) -> Arch:
         """The trial's network. Every knob is suggested first, also for a baseline (enqueued with its
@@ -112,6 +113,29 @@ class Objective:
         faults.point("done", trial.number)
         return values
 
+    def _rejected_by_prediction(self, trial: optuna.Trial, arch: Arch) -> bool:
+        """Record and reject a candidate whose predicted latency exceeds the budget by more than the
+        predictor's margin (its measured over-prediction): never built, trained or measured. Its
+        constraint comes from the prediction, so the samplers learn the region is infeasible.
+        Baselines (scaled by measurement) and already measured archs go on to be measured."""
+        s, predictor = self.settings, self.predictor
+        if predictor is None or trial.user_attrs.get("baseline_arch") is not None:
+            return False
+        if lookup(self.cache, latency_key(arch.hash, s.latency_settings), s.target_resolution, s.backend, s.threads,
+                  s.precision) is not None:
+            return False  # a measurement is at hand: it decides
+        predicted = predictor.predict(arch).ms
+        trial.set_user_attr("predicted_ms", predicted)
+        limit = s.budget_ms * (1.0 + predictor.margin)
+        if predicted <= limit:
+            return False
+        trial.set_constraint("latency", predicted - s.budget_ms)
+        trial.set_user_attr("trained", False)
+        trial.set_user_attr("epochs", 0)
+        trial.set_user_attr("stop_reason", f"rejected by prediction ({predicted:.3g} ms > {s.budget_ms:g} ms + "
+                                           f"{100 * predictor.margin:.0f}% margin): not built")
+        return True
+
     def _check_surplus(self, trial: optuna.Trial) -> None:
         """Prune this trial when completed + earlier in-flight trials (any worker) already reach --trials."""
         if self.settings.trials is None:
@@ -125,8 +149,12 @@ class Objective:
     def _evaluate(self, trial: optuna.Trial) -> tuple[float, float]:
         started = time.perf_counter()
         arch = self.arch_for(trial)
+        faults.set_mixers(stage.mixer for stage in arch.stages)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_hash", arch.hash)
+        if self._rejected_by_prediction(trial, arch):
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            return 0.0, trial.user_attrs["predicted_ms"]
         model = build_model(arch)
         trial.set_user_attr("params_m", sum(p.numel() for p in model.parameters()) / 1e6)
 

@@ -47,6 +47,14 @@ from nas.latency._precision import (
     check_precision,
     supported_precisions,
 )
+from nas.latency._predictor import (
+    Prediction,
+    Predictor,
+    PredictorError,
+    calibrate,
+    load_predictor,
+    predictor_path,
+)
 from nas.latency._rounds import best_of_rounds
 from nas.latency._stats import CacheKey, LatencyStats, summarize
 from nas.latency._timing import MeasureSettings, add_wait_hook, cpu_clock, others_cores, remove_wait_hook, wait_line
@@ -74,10 +82,14 @@ __all__ = [
     "LatencyCache",
     "LatencyStats",
     "MeasureSettings",
+    "Prediction",
+    "Predictor",
+    "PredictorError",
     "achieved_gflops",
     "add_wait_hook",
     "arithmetic_intensity",
     "best_of_rounds",
+    "calibrate",
     "check_backend",
     "check_precision",
     "compile_openvino",
@@ -96,6 +108,7 @@ __all__ = [
     "file_key",
     "gemm_peak_gflops",
     "ir_precision",
+    "load_predictor",
     "lookup",
     "machine_id",
     "machine_line",
@@ -106,6 +119,7 @@ __all__ = [
     "others_cores",
     "ov_core",
     "ov_read",
+    "predictor_path",
     "remove_wait_hook",
     "roofline_gflops",
     "runtime_version",

@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short measurement (smoke tests; noisier)")
     p.add_argument("--passes", type=int, default=None, help="timed passes (default: 5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--calibrate", action="store_true",
+                      help="calibrate the latency predictor on this machine (<= 10 min; saved beside the cache)")
+    mode.add_argument("--predict", action="store_true",
+                      help="predict the latency of --preset/--arch from the calibration, without building it")
+    p.add_argument("--space", type=Path, action="append", default=None,
+                   help="--calibrate: search space YAML whose units to time (repeatable; default: the default space)")
+    p.add_argument("--predictor", type=Path, default=None,
+                   help="predictor file (default: the calibration for these settings beside the cache)")
     return p
 
 
@@ -106,6 +115,22 @@ def _say_wait(others: float, waited_s: float) -> None:
     print(wait_line(others, waited_s), file=sys.stderr)
 
 
+def _predictor_command(args: argparse.Namespace, cache: LatencyCache | None) -> int:
+    from nas.latency._predictor import calibrate_command, predict_command
+
+    precision = args.precision or DEFAULT_PRECISION
+    if args.calibrate:
+        return calibrate_command(args.space, backend=args.backend, threads=args.threads, resolution=args.resolution,
+                                 precision=precision, cache=cache, quick=args.quick, refresh=args.refresh,
+                                 path=args.predictor, quiet=args.quiet)
+    if args.ir is not None:
+        raise UserError("--predict takes --preset or --arch (the predictor reads the architecture, not a file)")
+    arch = _load_arch(args)
+    return predict_command(arch, f"{arch.name or args.preset or args.arch} ({arch.hash})", backend=args.backend,
+                           threads=args.threads, resolution=args.resolution or 224, precision=precision,
+                           path=args.predictor, as_json=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     check_backend(args.backend)  # before building anything: 'cuda' without a GPU fails fast
@@ -117,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--passes must be >= 1, got {args.passes}")
         settings = replace(settings, passes=args.passes)
     cache = None if args.no_cache else LatencyCache(args.cache)
+    if args.calibrate or args.predict:
+        return _predictor_command(args, cache)
     hits_before = cache.hits if cache else 0
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     (remove_wait_hook if args.quiet else add_wait_hook)(_say_wait)  # other processes busy: say why it waits

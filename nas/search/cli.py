@@ -71,6 +71,10 @@ def build_parser() -> Parser:
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the pure-family baselines")
     p.add_argument("--quick-latency", action="store_true", help="short timing passes (smoke tests only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--predictor", default="auto",
+                   help="latency predictor that rejects candidates predicted far over budget before building them: "
+                        "auto (the calibration of `python -m nas.latency --calibrate` for this machine, runtime and "
+                        "threads, if any; default), off, or a predictor file")
     p.add_argument("--role", choices=ROLES, default="both",
                    help="both (default): time and train; train: train only, on any machine, latencies come from "
                         "the study's measuring worker; measure: only time, for training-only workers, on the "
@@ -149,6 +153,31 @@ def environment(threads: int, backend: str, precision: str) -> dict[str, Any]:
     }
 
 
+def search_predictor(choice: str, backend: str, threads: int, resolution: int, precision: str,
+                     quiet: bool) -> Any:
+    """The latency predictor the objective rejects with, or None. `auto` uses the calibration for these
+    settings when there is a valid one (else says why not, one line); a file given explicitly must be
+    valid (PredictorError, exit 2)."""
+    from nas.latency import PredictorError, load_predictor
+
+    if choice == "off":
+        return None
+    path = None if choice == "auto" else Path(choice)
+    try:
+        predictor = load_predictor(path, backend=backend, threads=threads, resolution=resolution,
+                                   precision=precision)
+    except PredictorError as exc:
+        if path is not None:
+            raise
+        if not quiet:
+            print(f"predictor not used: {exc}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"predictor: candidates predicted over the budget by more than {100 * predictor.margin:.0f}% are "
+              "rejected before building", file=sys.stderr)
+    return predictor
+
+
 def main(argv: list[str] | None = None) -> int:
     from nas import faults
     from nas.data import load_dataset
@@ -166,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
     space = load_space(space_file)
     threads = args.threads or default_threads()
+    predictor = search_predictor(args.predictor, args.backend, threads, space.resolution.target, args.precision,
+                                 args.quiet)
     splits = load_dataset(args.data, space.resolution.proxy, seed=args.seed, limit=args.limit)
     run_dir = run_directory(args, space.name)
     identity = run_identity(args, space_file, space, threads, splits.num_classes)
@@ -206,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                              latency_settings=MeasureSettings.quick() if args.quick_latency else None,
                              trials=args.trials, min_epochs=identity.min_epochs, eta=identity.eta)
     latency_source = StudyLatency(study, args.role, device, args.latency_wait, args.quiet)
-    objective = Objective(space, splits, settings, cache, latency_source)
+    objective = Objective(space, splits, settings, cache, latency_source, predictor=predictor)
     orphans = fail_orphaned_trials(study)
     if orphans and not args.quiet:
         print(f"resume: {len(orphans)} trial(s) left running by a dead worker failed and queued again",

@@ -1,0 +1,199 @@
+"""The latency predictor: calibrated on a tiny space with quick timing (real OpenVINO), predicting
+without building, refusing damaged or foreign calibrations, and rejecting a huge candidate in a search."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nas.arch import Arch
+from nas.errors import UserError, run_cli
+from nas.latency import (
+    LatencyCache,
+    MeasureSettings,
+    Predictor,
+    PredictorError,
+    calibrate,
+    load_predictor,
+    measure,
+    predictor_path,
+)
+from nas.latency.__main__ import main as latency_main
+from nas.latency._predictor import decompose, sample_archs, space_units
+from nas.space import load_space
+
+RESOLUTION = 32
+THREADS = 1
+SPACE = """
+name: predictor-test
+resolution: {proxy: 32, target: 32}
+stem: {kind: dsconv, width: 8, depth: 1}
+stages:
+  - {mixer: mbconv, depth: 1, width: 8, expand: 2, downsample: mbconv}
+  - {mixer: [mbconv, litemla], depth: DEPTHS, width: 16, expand: 2, downsample: conv, head_dim: 8}
+head: {kind: cas}
+"""
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Predictor, Path]]:
+    """A predictor calibrated on the tiny space (7 units, 4 whole archs), saved where auto looks."""
+    root = tmp_path_factory.mktemp("predictor")
+    space_file = root / "space.yaml"
+    space_file.write_text(SPACE.replace("DEPTHS", "[1, 2]"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VITNAS_LATENCY_CACHE", str(root / "latency.sqlite"))
+        patch.setenv("VITNAS_LOCK", str(root / "machine.lock"))
+        predictor, timed = calibrate([load_space(space_file)], threads=THREADS, resolution=RESOLUTION,
+                                     cache=LatencyCache(root / "latency.sqlite"), archs=4,
+                                     unit_settings=MeasureSettings.quick(), arch_settings=MeasureSettings.quick(),
+                                     progress=False)
+        predictor.save(predictor_path(threads=THREADS, resolution=RESOLUTION, precision="fp32"))
+        yield predictor, root
+
+
+def _arch(mixer: str, depth: int) -> Arch:
+    space = load_space_text(SPACE.replace("DEPTHS", f"[{depth}]"))
+    return next(a for a in sample_archs(space, 10, 0, num_classes=1000) if a.stages[1].mixer == mixer)
+
+
+def load_space_text(text: str) -> object:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(text)
+    try:
+        return load_space(handle.name)
+    finally:
+        os.unlink(handle.name)
+
+
+def test_units_cover_every_arch_of_the_space() -> None:
+    space = load_space_text(SPACE.replace("DEPTHS", "[1, 2]"))
+    units = {u.key for u in space_units(space, RESOLUTION)}
+    for arch in sample_archs(space, 10, 1):
+        assert {u.key for u, _ in decompose(arch, RESOLUTION)} <= units
+
+
+def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predictor, Path]) -> None:
+    predictor, root = calibrated
+    assert len(predictor.unit_ms) == 7 and len(predictor.archs) == 4
+    shallow, deep = _arch("litemla", 1), _arch("litemla", 2)
+    started = time.perf_counter()
+    p_shallow, p_deep = predictor.predict(shallow), predictor.predict(deep)
+    assert time.perf_counter() - started < 0.05  # lookups only: no model built, no torch
+    assert p_shallow.regressed == 0 and p_deep.units == p_shallow.units + 1
+    assert 0 < p_shallow.ms < p_deep.ms
+    # Against a real measurement (quick timing on a shared machine: a loose bound, still one that can fail).
+    from nas.models import build_model
+
+    measured = measure(build_model(deep), RESOLUTION, threads=THREADS, settings=MeasureSettings.quick()).ms
+    assert 0.5 * measured < p_deep.ms < 2.0 * measured
+
+
+def test_predict_cli_and_json(calibrated: tuple[Predictor, Path], tmp_path: Path) -> None:
+    predictor, root = calibrated
+    arch = _arch("mbconv", 2)
+    arch.save(tmp_path / "arch.yaml")
+    env = {**os.environ, "VITNAS_LATENCY_CACHE": str(root / "latency.sqlite")}
+    out = subprocess.run([sys.executable, "-m", "nas.latency", "--arch", str(tmp_path / "arch.yaml"), "--predict",
+                          "--json", "--threads", str(THREADS), "--resolution", str(RESOLUTION)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["predicted_ms"] == pytest.approx(predictor.predict(arch).ms)
+    assert data["threads"] == THREADS and data["machine"] == predictor.machine
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert run_cli(latency_main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_predictor_files_exit_2(calibrated: tuple[Predictor, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor, root = calibrated
+    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(root / "latency.sqlite"))
+    base = ["--preset", "efficientvit_b0", "--predict", "--threads", str(THREADS)]
+    # no calibration at this resolution
+    assert "no latency predictor calibrated" in _refused([*base, "--resolution", "48"], capsys)
+    good = predictor_path(threads=THREADS, resolution=RESOLUTION, precision="fp32")
+    # corrupt: truncated JSON
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(good.read_text()[:100])
+    assert "not a usable predictor file" in _refused([*base, "--resolution", "32", "--predictor", str(corrupt)],
+                                                     capsys)
+    # another runtime, another machine, other threads
+    for field, value in (("runtime_version", "2020.1"), ("machine", "0123456789"), ("threads", 7)):
+        data = json.loads(good.read_text())
+        data[field] = value
+        foreign = tmp_path / f"{field}.json"
+        foreign.write_text(json.dumps(data))
+        message = _refused([*base, "--resolution", "32", "--predictor", str(foreign)], capsys)
+        assert field in message and "recalibrate" in message
+
+
+def test_search_predictor_auto_ignores_and_explicit_refuses(calibrated: tuple[Predictor, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.search.cli import search_predictor
+
+    predictor, root = calibrated
+    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(root / "latency.sqlite"))
+    assert search_predictor("off", "openvino", THREADS, RESOLUTION, "fp32", False) is None
+    assert search_predictor("auto", "openvino", THREADS, RESOLUTION, "fp32", True).unit_ms == predictor.unit_ms
+    assert search_predictor("auto", "openvino", THREADS + 1, RESOLUTION, "fp32", False) is None  # other threads
+    assert "predictor not used" in capsys.readouterr().err
+    data = predictor.to_dict()
+    data["runtime_version"] = "2020.1"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(data))
+    with pytest.raises(PredictorError):
+        search_predictor(str(foreign), "openvino", THREADS, RESOLUTION, "fp32", False)
+    with pytest.raises(UserError):
+        load_predictor(tmp_path / "missing.json", threads=THREADS, resolution=RESOLUTION)
+
+
+def test_search_rejects_a_huge_candidate_unbuilt(calibrated: tuple[Predictor, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.data import load_dataset
+    from nas.objective import Objective, TrialSettings
+
+    predictor, root = calibrated
+    monkeypatch.setenv("VITNAS_LOCK", str(root / "machine.lock"))
+    space = load_space_text(SPACE.replace("DEPTHS", "[1, 30]"))  # depth 30: the same units, 15x the blocks
+    huge = _arch("mbconv", 30)
+    small = _arch("mbconv", 1)
+    budget = 2.0 * predictor.predict(small).ms
+    assert predictor.predict(huge).ms > budget * (1 + predictor.margin)
+    splits = load_dataset(None, RESOLUTION, limit=200)
+    settings = TrialSettings(budget_ms=budget, target_resolution=RESOLUTION, backend="openvino", threads=THREADS,
+                             epochs=1, batch_size=16, lr=1e-3, seed=0, checkpoints=tmp_path / "ckpt",
+                             latency_settings=MeasureSettings.quick())
+    cache = LatencyCache(tmp_path / "cache.sqlite")
+    objective = Objective(space, splits, settings, cache, predictor=predictor)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    params, exact = space.encode(huge)
+    assert exact
+    study.enqueue_trial(params)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    attrs = trial.user_attrs
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert attrs["stop_reason"].startswith("rejected by prediction")
+    assert attrs["predicted_ms"] == pytest.approx(predictor.predict(Arch.from_dict(attrs["arch"])).ms)
+    assert attrs["predicted_ms"] > budget * (1 + predictor.margin)
+    assert trial.values[1] == pytest.approx(attrs["predicted_ms"]) and attrs["trained"] is False
+    assert "params_m" not in attrs and "latency" not in attrs  # never built, never measured
+    assert attrs["seconds"] < 0.5
+    assert len(cache) == 0
