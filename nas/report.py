@@ -19,6 +19,7 @@ from nas import faults
 from nas.arch import Arch
 from nas.cli import Parser
 from nas.errors import UserError, run_cli
+from nas.failures import fail_reason, failures_md
 from nas.runs import (
     atomic_path,
     atomic_write,
@@ -85,12 +86,6 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
         "seconds": round(attrs.get("seconds", 0.0), 1),
         "fail_reason": fail_reason(trial) if trial.state == TrialState.FAIL else "",
     }
-
-
-def fail_reason(trial: FrozenTrial) -> str:
-    """Why a trial failed: recorded by the objective or the resume check; else its worker stopped beating."""
-    return (trial.user_attrs.get("fail_reason") or trial.system_attrs.get("fail_reason")
-            or "worker lost (heartbeat stale)")
 
 
 def trials_csv(trials: list[FrozenTrial]) -> str:
@@ -207,6 +202,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
             acc = f"{100 * t.values[0]:.2f}%" if is_trained(t) else "over budget"
             lines.append(f"| {t.user_attrs['arch'].get('name')} | {t.number} | {acc} | {t.values[1]:.2f} | "
                          f"{describe(t.user_attrs['arch'])} |")
+    lines += failures_md(trials)
     lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<trial>-<hash>/ "
               "(arch.yaml, weights.pt, metrics.json), study.db (open with optuna-dashboard).", ""]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ cli       the command line, the run directory and its identity (config.yaml, env
 storage   the Optuna storage and what workers sharing it check and clean up (machine, identity, orphans)
 loop      the trial loop: baselines enqueued once, trials until --trials complete, time is up, or they fail
 roles     --role both|train|measure: the pinned latency device, and the latency queue in the study
+claims    study-level claims that survive kills (a baseline is enqueued once across workers and restarts)
 _optuna   the one adapter over Optuna's private API (failing a dead worker's trial)
 
 One trial is nas.objective; worker claims and liveness are nas.workers; result files are nas.report.

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from nas.cli import Parser, positive_float, positive_int
 from nas.errors import UserError
+from nas.failures import failure_share_error
 from nas.identity import RunIdentity, check_identity, read_identity
 from nas.runs import RESULTS_DIR, atomic_write, check_study_file
 from nas.search.loop import enqueue_baselines, optimize
@@ -32,7 +33,7 @@ from nas.search.storage import (
     storage_for,
 )
 
-EXIT_FAILED = 1  # the search stopped on repeated trial failures
+EXIT_FAILED = 1  # trials failed: five in a row (the search stopped), or more than a quarter of them
 
 
 def build_parser() -> Parser:
@@ -248,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {served} latency request(s) for study {args.study_name!r}")
         return 0
     if not args.no_baselines:
-        enqueue_baselines(study, objective, args.budget_ms, args.quiet)
+        try:
+            enqueue_baselines(study, objective, args.budget_ms, args.quiet)
+        except KeyboardInterrupt:  # what was scaled is recorded in the study: a resume goes on from there
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            return 130
 
     outcome = optimize(study, objective, args.trials, seconds_left=args.timeout - (time.monotonic() - started),
                        quiet=args.quiet)
@@ -262,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if outcome is not None:
         print(f"error: {outcome}", file=sys.stderr)
+        return EXIT_FAILED
+    if (failed := failure_share_error(trials)) is not None:
+        print(f"error: {failed}", file=sys.stderr)
         return EXIT_FAILED
     if done and not any(is_feasible(t) for t in done):
         # Not an error: the search ran; its answer is that nothing in the space meets the budget.
