@@ -89,9 +89,9 @@ def write_split_manifest(run_dir: Path, splits: Splits) -> None:
     atomic_write(run_dir / SPLITS_FILE, json.dumps(splits.manifest(), indent=2) + "\n")
 
 
-def winner_candidate(run_dir: Path, rank: int | None) -> Candidate:
-    """The winner of `rank` on the front (None: the best)."""
-    return _candidate(get_winner(run_dir, None, rank=rank))
+def winner_candidate(run_dir: Path, trial: int | None) -> Candidate:
+    """The winner of trial number `trial` (None: the best)."""
+    return _candidate(get_winner(run_dir, trial))
 
 
 def _candidate(winner: Winner) -> Candidate:

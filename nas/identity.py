@@ -43,6 +43,7 @@ class RunIdentity(BaseModel):
     threads: Positive
     latency_settings: dict[str, float | int]  # nas.latency.MeasureSettings (full or --quick-latency)
     machine: str  # fingerprint of CPU model, ISA features and OpenVINO capabilities
+    fit: bool = True  # the space's widths fitted to this machine before the search (nas.fit); --no-fit: as written
 
 
 IDENTITY_KEYS = tuple(RunIdentity.model_fields)
@@ -54,7 +55,7 @@ def check_identity(previous: dict[str, Any], current: dict[str, Any], where: str
     Keys an older run did not record are skipped: there is nothing to compare them with.
     """
     for key in IDENTITY_KEYS:
-        if key in previous and key in current and previous[key] != current[key]:
+        if key in previous and key in current and _differs(key, previous[key], current[key]):
             if key == "machine":
                 raise UserError(f"{where}: this run's latencies were measured on another machine "
                                 f"({previous_machine(where)}); latencies of different machines are not comparable: "
@@ -62,6 +63,14 @@ def check_identity(previous: dict[str, Any], current: dict[str, Any], where: str
             shown = "<changed>" if key in ("space", "latency_settings") else f"{previous[key]!r} -> {current[key]!r}"
             raise UserError(f"{where}: {key} differs from the run being resumed ({shown}); "
                             "pass a new --run to start another search")
+
+
+def _differs(key: str, previous: Any, current: Any) -> bool:
+    """Measurement settings added since a run was recorded (e.g. the interference limits) are not a change."""
+    if key == "latency_settings" and isinstance(previous, dict) and isinstance(current, dict):
+        shared = previous.keys() & current.keys()
+        return any(previous[k] != current[k] for k in shared)
+    return previous != current
 
 
 def previous_machine(where: str) -> str:

@@ -150,7 +150,6 @@ class Objective:
         started = time.perf_counter()
         arch = self.arch_for(trial)
         faults.set_mixers(stage.mixer for stage in arch.stages)
-        faults.set_mixers(stage.mixer for stage in arch.stages)
         trial.set_user_attr("arch", arch.to_dict())
         trial.set_user_attr("arch_hash", arch.hash)
         if self._rejected_by_prediction(trial, arch):

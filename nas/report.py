@@ -31,7 +31,6 @@ from nas.runs import (
     winner_name,
 )
 
-
 CSV_COLUMNS = ("number", "state", "baseline", "arch_hash", "architecture", "accuracy", "latency_ms",
                "precision", "latency_cv", "latency_loaded", "feasible", "trained", "stopped_early", "epochs_run",
                "stop_reason", "params_m", "seconds", "fail_reason")
@@ -160,7 +159,7 @@ def run_machine(run_dir: Path) -> str:
 
 
 def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[tuple[int | None, FrozenTrial]],
-               machine: str = "") -> str:
+               machine: str = "", space_fit: dict[str, Any] | None = None) -> str:
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     lines = [
@@ -172,6 +171,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
         f"{config['data'] or 'mnist'} ({config['num_classes']} classes); sampler {config['sampler']}, seed "
         f"{config['seed']}",
         _halving_line(config, complete),
+        *([_fit_line(space_fit)] if space_fit else []),
         f"- trials: {len(trials)} ({', '.join(f'{k.lower()} {v}' for k, v in states.items() if v)}); "
         f"within budget: {sum(is_feasible(t) for t in complete)}, over budget: "
         f"{sum(not is_feasible(t) for t in complete)} (rejected by prediction, not built: "
@@ -206,6 +206,12 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
     lines += ["", "Files: trials.csv, pareto.png, pareto.html, winners/<trial>-<hash>/ "
               "(arch.yaml, weights.pt, metrics.json), study.db (open with optuna-dashboard).", ""]
     return "\n".join(lines)
+
+
+def _fit_line(fit: dict[str, Any]) -> str:
+    rounds = ", ".join(f"x{r['multiplier']:g}: {r['median_ms']:.2f} ms" for r in fit["rounds"])
+    return (f"- space fitted to this machine (nas.fit): stem and stage widths x{fit['multiplier']:g}; median latency "
+            f"of {len(fit['samples'])} random architectures per round: {rounds} (space_fitted.yaml)")
 
 
 def _halving_line(config: dict[str, Any], complete: list[FrozenTrial]) -> str:
@@ -305,7 +311,7 @@ def _write_report(run_dir: Path, study: optuna.Study, budget_ms: float | None) -
     winners = export_winners(run_dir, front, trials)
     from nas.final import final_markdown
 
-    summary = summary_md(config, trials, winners, run_machine(run_dir))
+    summary = summary_md(config, trials, winners, run_machine(run_dir), study.user_attrs.get("space_fit"))
     final = final_markdown(run_dir)
     atomic_write(run_dir / "summary.md", summary + ("\n" + "\n".join(final) if final else ""))
     atomic_write(run_dir / "front.json", json.dumps(

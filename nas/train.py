@@ -337,7 +337,8 @@ def build_parser() -> Any:
                description="Final training of a search run's winner at the target resolution (resumable).")
     p.add_argument("--run", default=None, help="run directory or name under results/ (default: the latest run)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--winner", type=positive_int, default=None, help="winner rank (default: 1, the best)")
+    which.add_argument("--winner", type=int, default=None, metavar="TRIAL",
+                       help="the winner of this trial number (winners/<trial>-<hash>/; default: the best, rank 1)")
     which.add_argument("--top", type=positive_int, default=None,
                        help="train the K best winners and every baseline, then report the proxy's Kendall tau")
     p.add_argument("--epochs", type=positive_int, default=None,

@@ -57,7 +57,7 @@ TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
 # Real search settings, small: 600 MNIST images at 32 px, 2 epochs (one successive-halving rung),
 # batch 16 (enough steps to beat chance), one thread (two stall on these shared cores), quick timing.
 TINY_SEARCH = ("--space", str(TINY_SPACE), "--epochs", "2", "--limit", "600", "--batch-size", "16",
-               "--quick-latency", "--quiet", "--no-baselines", "--threads", "1")
+               "--quick-latency", "--quiet", "--no-baselines", "--no-fit", "--threads", "1")
 TINY_TRIALS = 6
 CHANCE = 0.1  # 10 MNIST classes
 

@@ -3,13 +3,14 @@ with the fit on (timed samples enqueued as the first trials, recorded once, reus
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
 import optuna
 import pytest
 
-from nas.fit import BAND, fit_space
+from nas.fit import BAND, TARGET, fit_space
 from nas.models import build_model, count_macs
 from nas.space import DEFAULT_SPACE, load_space
 from nas.space import choices as knob_choices
@@ -34,9 +35,10 @@ def test_scaled_space_multiplies_widths_keeps_whole_heads_and_merges_choices() -
 
 
 def test_fit_brings_the_median_of_sampled_costs_into_the_band() -> None:
-    """A deterministic cost (MACs per 1e6, as if milliseconds) and three budgets: below, near and far
-    above what the space as written costs. The fit must land each median in the band, or stop at
-    the multiplier limit, and the samples it returns are those of the chosen multiplier."""
+    """A deterministic cost (MACs per 1e6, as if milliseconds) and three budgets: below, at and far
+    above what the space as written costs. The fit moves the widths the right way, keeps the round
+    nearest the target (width rounding makes narrow spaces coarse), lands in the band when widening,
+    and returns the samples of the multiplier it chose."""
     space = load_space(DEFAULT_SPACE)
     cost = {}
 
@@ -46,12 +48,19 @@ def test_fit_brings_the_median_of_sampled_costs_into_the_band() -> None:
         return cost[arch.hash]
 
     as_written = fit_space(space, 10, 1e9, mmacs, samples=6).rounds[0]["median_ms"]
-    for budget, widen in ((0.5 * as_written, False), (as_written, None), (3.0 * as_written, True)):
+    for budget, widen in ((0.5 * as_written, False), (as_written / TARGET, None), (3.0 * as_written, True)):
         fit = fit_space(space, 10, budget, mmacs, samples=6)
-        assert BAND[0] * budget <= fit.median_ms <= BAND[1] * budget, fit.rounds
+        target = TARGET * budget
+        assert fit.median_ms == min((r["median_ms"] for r in fit.rounds), key=lambda m: abs(math.log(m / target)))
+        if widen is None:
+            assert fit.multiplier == 1.0 and len(fit.rounds) == 1
+        else:
+            assert (fit.multiplier > 1.0) == widen
+            assert abs(math.log(fit.median_ms / target)) < abs(math.log(as_written / target))
+        if widen:
+            assert BAND[0] * budget <= fit.median_ms <= BAND[1] * budget, fit.rounds
         scaled = space.scaled(fit.multiplier)
         assert statistics.median(mmacs(scaled.decode(p, 10)) for p in fit.samples) == pytest.approx(fit.median_ms)
-        assert fit.multiplier == 1.0 if widen is None else (fit.multiplier > 1.0) == widen
 
 
 def test_search_with_fit_times_samples_once_and_reuses_the_fit_on_resume(tmp_path: Path) -> None:

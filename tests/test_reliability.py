@@ -32,7 +32,7 @@ from tests.conftest import TinyRun, copy_run
 
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
 FAST = ["--space", str(TINY_SPACE), "--epochs", "1", "--limit", "100", "--quick-latency", "--quiet",
-        "--no-baselines", "--threads", "1", "--backend", "torch", "--batch-size", "32"]
+        "--no-baselines", "--no-fit", "--threads", "1", "--backend", "torch", "--batch-size", "32"]
 # Debian's server binaries (`.ci/run` installs the `postgresql` package when they are missing)
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/lib/postgresql"))
 

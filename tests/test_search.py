@@ -21,7 +21,7 @@ from tests.conftest import CHANCE, TINY_TRIALS, TinyRun, copy_run
 
 TINY_SPACE = Path(__file__).parent / "data" / "tiny_space.yaml"
 FAST = ["--space", str(TINY_SPACE), "--epochs", "1", "--limit", "300", "--quick-latency", "--quiet",
-        "--no-baselines", "--threads", "2"]
+        "--no-baselines", "--no-fit", "--threads", "2"]
 
 
 def search(results: Path, *args: str) -> subprocess.CompletedProcess:

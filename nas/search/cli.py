@@ -23,6 +23,7 @@ from nas.errors import UserError
 from nas.failures import failure_share_error
 from nas.identity import RunIdentity, check_identity, read_identity
 from nas.runs import RESULTS_DIR, atomic_write, check_study_file
+from nas.search.fitting import apply_fit, enqueue_fit_samples, fitted_space
 from nas.search.loop import enqueue_baselines, optimize
 from nas.search.roles import ROLES, StudyLatency, join_study, serve
 from nas.search.storage import (
@@ -53,7 +54,7 @@ def build_parser() -> Parser:
                    help=f"inference precision candidates are timed at (default {DEFAULT_PRECISION}, pinned in the "
                         "runtime; int8 quantizes each candidate with NNCF before timing)")
     p.add_argument("--threads", type=positive_int, default=None, help="threads for timing and training")
-    p.add_argument("--epochs", type=positive_int, default=3, help="proxy training epochs (default 3)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="proxy training epochs (default 2)")
     p.add_argument("--min-epochs", type=positive_int, default=1,
                    help="first successive-halving rung: weak trials stop after this many epochs (default 1; "
                         "--min-epochs equal to --epochs trains every trial fully)")
@@ -70,6 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--results", default=None, help=f"results root (default {RESULTS_DIR})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the pure-family baselines")
+    p.add_argument("--no-fit", action="store_true",
+                   help="search the space's widths as written (default: fit them to this machine's budget first)")
     p.add_argument("--quick-latency", action="store_true", help="short timing passes (smoke tests only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--predictor", default="auto",
@@ -112,7 +115,7 @@ def run_identity(args: Any, space_file: Path, space: Any, threads: int, num_clas
             limit=args.limit, num_classes=num_classes, seed=args.seed, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, min_epochs=min(args.min_epochs, args.epochs), eta=args.eta,
             sampler=args.sampler, backend=args.backend, precision=args.precision, threads=threads,
-            latency_settings=asdict(latency), machine=machine_id())
+            latency_settings=asdict(latency), machine=machine_id(), fit=not args.no_fit)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         raise UserError(f"run settings: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
@@ -220,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=args.study_name, storage=storage or storage_for(storage_url),
                                 directions=["maximize", "minimize"], load_if_exists=True,
+                                # the objective's space: the fitted one, set before the first trial
                                 sampler=make_sampler(args.sampler, args.seed,
-                                                     arch_key=lambda p: space.decode(p, splits.num_classes).hash))
+                                                     arch_key=lambda p: objective.space.decode(
+                                                         p, splits.num_classes).hash))
     device = join_study(study, args.role, args.backend, threads, args.precision,
                         journal=storage_url.startswith("journal:"))
     check_study_identity(study, identity)
@@ -248,12 +253,21 @@ def main(argv: list[str] | None = None) -> int:
                        seconds_left=args.timeout - (time.monotonic() - started), quiet=args.quiet)
         print(f"measured {served} latency request(s) for study {args.study_name!r}")
         return 0
+    fit = None if args.no_fit else fitted_space(study, objective, args.budget_ms, args.seed, args.quiet)
+    objective.space = apply_fit(space, fit)
+    if fit is not None:
+        atomic_write(run_dir / "space_fitted.yaml", yaml.safe_dump(objective.space.model_dump(mode="json"),
+                                                                   sort_keys=False))
+        if not args.quiet:
+            print(fit.line(), file=sys.stderr)
     if not args.no_baselines:
         try:
             enqueue_baselines(study, objective, args.budget_ms, args.quiet)
         except KeyboardInterrupt:  # what was scaled is recorded in the study: a resume goes on from there
             print("interrupted: run the same command again to resume", file=sys.stderr)
             return 130
+    if fit is not None:
+        enqueue_fit_samples(study, fit)
 
     outcome = optimize(study, objective, args.trials, seconds_left=args.timeout - (time.monotonic() - started),
                        quiet=args.quiet)
