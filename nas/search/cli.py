@@ -199,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
     space = load_space(space_file)
     threads = args.threads or default_threads()
-    predictor = search_predictor(args.predictor, args.backend, threads, space.resolution.target, args.precision,
-                                 args.quiet)
+    # A training-only worker's machine is not the latency device: its calibration would judge the wrong one.
+    predictor = None if args.role == "train" else search_predictor(
+        args.predictor, args.backend, threads, space.resolution.target, args.precision, args.quiet)
     splits = load_dataset(args.data, space.resolution.proxy, seed=args.seed, limit=args.limit)
     run_dir = run_directory(args, space.name)
     identity = run_identity(args, space_file, space, threads, splits.num_classes)
