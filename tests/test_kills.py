@@ -137,7 +137,7 @@ def kill_rounds(steps: int) -> list[tuple[str, str]]:
         ("kill:claimed:1", "efficientvit scaled and recorded, its claim held, not yet enqueued"),
         (f"kill:enqueued:2,kill:scale:{steps}", "cagevit enqueued, its claim not released (it would die at its "
                                                 "first ladder step had efficientvit been scaled again)"),
-        ("kill:measure:0", "timing trial 0, the casvit baseline"),
+        ("kill:done:0", "trial 0, the casvit baseline, finished and not yet recorded complete"),
     ]
 
 
