@@ -4,15 +4,18 @@ and in every worker, and enqueue the fit's samples as the first trials."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import optuna
 
 from nas.fit import SpaceFit, fit_space
+from nas.search import claims
 from nas.space import SearchSpace
 
 FIT_ATTR = "space_fit"
 SAMPLES_ATTR = "space_fit_enqueued"
+CLAIM_KEY = "fit-samples"
 
 
 def fitted_space(study: optuna.Study, objective: Any, budget_ms: float, seed: int, quiet: bool) -> SpaceFit:
@@ -31,12 +34,27 @@ def fitted_space(study: optuna.Study, objective: Any, budget_ms: float, seed: in
 
 
 def enqueue_fit_samples(study: optuna.Study, fit: SpaceFit) -> None:
-    """The fit's timed samples as the first trials (once per study): their latency is cached already."""
+    """The fit's timed samples as the first trials, each exactly once whatever kills or concurrent
+    starts happen (the baselines' study-level claim): their latency is cached already."""
     if study.user_attrs.get(SAMPLES_ATTR):
         return
-    for params in fit.samples:
-        study.enqueue_trial(params, user_attrs={"fit_sample": True}, skip_if_exists=True)
+    first_seen: dict[int, float] = {}
+    while _missing(study, fit):
+        if not claims.try_claim(study, CLAIM_KEY, first_seen):
+            time.sleep(claims.POLL_SECONDS)  # a live worker holds it for milliseconds
+            continue
+        for index in _missing(study, fit):  # re-checked under the claim
+            study.enqueue_trial(fit.samples[index], user_attrs={"fit_sample": True, "fit_index": index})
+        break
+    claims.release(study, CLAIM_KEY)
     study.set_user_attr(SAMPLES_ATTR, True)
+
+
+def _missing(study: optuna.Study, fit: SpaceFit) -> list[int]:
+    """Indices of the fit's samples no trial of the study (any state) is yet."""
+    trials = study.get_trials(deepcopy=False)
+    present = {t.user_attrs.get("fit_index") for t in trials if t.user_attrs.get("fit_sample")}
+    return [i for i in range(len(fit.samples)) if i not in present]
 
 
 def apply_fit(space: SearchSpace, fit: SpaceFit | None) -> SearchSpace:

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from nas import faults
 from nas.arch import Arch
 from nas.failures import INTERRUPTED
+from nas.latency import add_wait_hook, remove_wait_hook, wait_line
 from nas.search import claims
 from nas.search._optuna import fail_trial
 from nas.search.storage import fail_orphaned_trials
@@ -134,6 +135,10 @@ def optimize(study: optuna.Study, objective: Any, trials: int, seconds_left: flo
             study.stop()  # the trials in flight in other workers complete the count
         bar.set_postfix_str(best_so_far(study))
 
+    def waiting(others: float, waited_s: float) -> None:  # timing waits for a quiet CPU: say so on the bar
+        bar.set_postfix_str(wait_line(others, waited_s))
+
+    add_wait_hook(waiting)
     started = time.monotonic()
     try:
         study.optimize(objective, timeout=max(1.0, seconds_left), catch=(Exception,), gc_after_trial=True,
@@ -142,6 +147,7 @@ def optimize(study: optuna.Study, objective: Any, trials: int, seconds_left: flo
         retry_interrupted(study)
         return "interrupted"
     finally:
+        remove_wait_hook(waiting)
         bar.close()
     if not quiet:
         print(f"search loop: {time.monotonic() - started:.0f} s", file=sys.stderr)
