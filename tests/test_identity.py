@@ -13,11 +13,11 @@ from nas.identity import IDENTITY_KEYS, RunIdentity, check_identity, read_identi
 GOOD = dict(budget_ms=5.0, space_file="s.yaml", space={"name": "tiny"}, proxy_resolution=64, target_resolution=224,
             data=None, limit=None, num_classes=10, seed=0, epochs=3, batch_size=64, lr=2e-3, min_epochs=1, eta=3,
             sampler="nsga2", backend="openvino", precision="fp32", threads=2,
-            latency_settings={"passes": 5}, machine="m")
+            latency_settings={"passes": 5}, machine="m", fit=True)
 CHANGED = dict(budget_ms=3.0, space_file="t.yaml", space={"name": "other"}, proxy_resolution=32,
                target_resolution=128, data="digits", limit=300, num_classes=100, seed=1, epochs=2, batch_size=32,
                lr=1e-3, min_epochs=2, eta=2, sampler="tpe", backend="onnxruntime", precision="bf16", threads=1,
-               latency_settings={"passes": 2}, machine="other machine")
+               latency_settings={"passes": 2}, machine="other machine", fit=False)
 
 
 def test_every_identity_key_has_a_change_case() -> None:
@@ -98,3 +98,12 @@ def test_the_search_cli_refuses_before_touching_the_run(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "seed differs from the run being resumed (0 -> 1)" in err, err
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"] and (run / "config.yaml").read_bytes() == before
+
+
+def test_measurement_settings_added_since_a_run_are_not_a_change() -> None:
+    """A run recorded before a MeasureSettings field existed resumes; a changed shared field is refused."""
+    identity = RunIdentity(**GOOD).model_dump(mode="json")
+    newer = {**identity, "latency_settings": {"passes": 5, "max_wait_seconds": 60.0}}
+    check_identity(identity, newer, "x")
+    with pytest.raises(UserError, match="latency_settings differs"):
+        check_identity(identity, {**newer, "latency_settings": {"passes": 3, "max_wait_seconds": 60.0}}, "x")
