@@ -36,7 +36,7 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
 
         backend = JournalFileBackend(url.removeprefix("journal:"))
         return optuna.storages.JournalStorage(backend)
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(3):
         try:
@@ -44,10 +44,15 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
                                               heartbeat_stale_trial_callback=RETRY,
                                               engine_kwargs={"connect_args": {"timeout": 60}}
                                               if url.startswith("sqlite") else None)
-        except (IntegrityError, ProgrammingError) as exc:
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            # workers starting together race to create the schema; on SQLite the loser sees
+            # "table ... already exists" (an OperationalError): retry, the other one won
+            if isinstance(exc, OperationalError) and "already exists" not in str(exc):
+                raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0]})") from None
             if attempt == 2:
                 raise UserError(f"--storage {url!r}: cannot create the Optuna schema ({type(exc).__name__})") from None
-            time.sleep(1.0)  # workers starting together race to create the schema: the other one won
+            time.sleep(1.0)
         except Exception as exc:  # bad URL, missing driver, unreachable server
             raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0]})") from None
