@@ -369,15 +369,19 @@ def test_missing_or_corrupt_dataset_is_one_line_exit_2(tmp_path: Path, capfd: py
 
 def test_corrupt_winner_weights_are_one_line_exit_2(tiny_run: TinyRun, tmp_path: Path,
                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    from nas.runs import get_winner
+
     run = copy_run(tiny_run, tmp_path).path
-    (sorted((run / "winners").iterdir())[0] / "weights.pt").write_bytes(b"not a checkpoint" * 10)
+    (get_winner(run, None).directory / "weights.pt").write_bytes(b"not a checkpoint" * 10)  # the default winner
     assert_one_line_exit_2(capture(capfd, "compress.prune", "--run", str(run), "--ratio", "0.3"), "weights.pt")
 
 
 def test_corrupt_winner_or_config_is_one_line_exit_2(tiny_run: TinyRun, tmp_path: Path,
                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    from nas.runs import get_winner
+
     run = copy_run(tiny_run, tmp_path).path
-    winner = sorted((run / "winners").iterdir())[0]
+    winner = get_winner(run, None).directory  # the one compress takes by default
     (winner / "arch.yaml").write_text("stages: [[[ not yaml")
     assert_one_line_exit_2(capture(capfd, "compress.quantize", "--run", str(run)), "arch.yaml")
     (run / "config.yaml").write_text("- just\n- a list\n")
