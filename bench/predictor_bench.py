@@ -46,21 +46,15 @@ def all_attention(arch: Arch) -> bool:
 
 def attention_archs(space: SearchSpace, count: int, seed: int) -> list[Arch]:
     """Draws of `space` with every stage's mixer replaced by one of its attention mixers."""
-    rng = random.Random(seed)
-    knobs = space.knobs()
-    out: dict[str, Arch] = {}
-    for _ in range(count * 20):
-        if len(out) >= count:
-            break
-        params = {name: rng.choice(values) for name, values in knobs.items()}
-        for i, stage in enumerate(space.stages):
-            attention = [m for m in choices(stage.mixer) if mixer_info(m).attention]
-            if not attention:
-                return []
-            params[f"s{i}.mixer"] = rng.choice(attention)
-        arch = space.decode(params, 1000)
-        out.setdefault(arch.hash, arch)
-    return list(out.values())
+    attention = [[m for m in choices(stage.mixer) if mixer_info(m).attention] for stage in space.stages]
+    if not all(attention):
+        return []
+
+    def attention_only(params: dict[str, Any], rng: random.Random) -> None:
+        for i, mixers in enumerate(attention):
+            params[f"s{i}.mixer"] = rng.choice(mixers)
+
+    return sample_archs(space, count, seed, adjust=attention_only)
 
 
 def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:

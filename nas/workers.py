@@ -33,7 +33,7 @@ CLAIM_SECONDS = 30  # a live worker claims its trial within milliseconds; an unc
 def worker_claim(number: int) -> dict[str, Any]:
     """Who runs a trial: host, pid and process start time (so a reused pid is not taken for the worker)."""
     pid = os.getpid()
-    return {"trial": number, "host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid),
+    return {"trial": number, "host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid),
             "claimed_utc": utc_now().isoformat()}
 
 
@@ -46,11 +46,23 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
+    """The process's start time (tells a reused pid from the process that recorded it); None if unknown."""
     try:  # field 22 of /proc/<pid>/stat, after the parenthesised command name
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (any user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    return True
 
 
 def worker_dead(trial: FrozenTrial) -> bool | None:
@@ -58,13 +70,9 @@ def worker_dead(trial: FrozenTrial) -> bool | None:
     claim = trial.user_attrs.get("worker") or {}
     if claim.get("trial") != trial.number or claim.get("host") != socket.gethostname():
         return None  # unclaimed (or a claim copied from a retried trial), or on another machine
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
+    if not pid_exists(int(claim["pid"])):
         return True
-    except PermissionError:
-        pass  # exists, another user's
-    start = _process_start(int(claim["pid"]))
+    start = process_start(int(claim["pid"]))
     return start is not None and claim.get("pid_start") is not None and start != claim["pid_start"]
 
 

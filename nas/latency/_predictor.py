@@ -537,15 +537,20 @@ def _loo_errors(rows: list[tuple[float, float, float]]) -> dict[str, Any]:
             "p99_over": float(np.percentile(np.maximum(e, 0.0), 99)), "relative_errors": [float(v) for v in e]}
 
 
-def sample_archs(space: Any, count: int, seed: int, num_classes: int = 1000) -> list[Arch]:
-    """`count` distinct architectures drawn uniformly from `space` (seeded)."""
+def sample_archs(space: Any, count: int, seed: int, num_classes: int = 1000,
+                 adjust: Callable[[dict[str, Any], random.Random], None] | None = None) -> list[Arch]:
+    """`count` distinct architectures drawn uniformly from `space` (seeded); `adjust(params, rng)`, if
+    given, changes each draw's parameters in place before it is decoded (e.g. to restrict mixers)."""
     rng = random.Random(seed)
     knobs = space.knobs()
     out: dict[str, Arch] = {}
     for _ in range(count * 20):
         if len(out) >= count:
             break
-        arch = space.decode({name: rng.choice(values) for name, values in knobs.items()}, num_classes)
+        params = {name: rng.choice(values) for name, values in knobs.items()}
+        if adjust is not None:
+            adjust(params, rng)
+        arch = space.decode(params, num_classes)
         out.setdefault(arch.hash, arch)
     return list(out.values())
 

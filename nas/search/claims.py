@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
 
 from nas.search._optuna import storage_of
+from nas.workers import pid_exists, process_start
 
 LEASE_SECONDS = 30.0  # a live holder finishes within milliseconds; older claims are stale
 POLL_SECONDS = 0.2
@@ -32,30 +33,19 @@ def _prefix(study: optuna.Study, key: str) -> str:
     return f"{study.study_name}:claim:{key}:"
 
 
-def _process_start(pid: int) -> str | None:
-    try:  # field 22 of /proc/<pid>/stat: tells a reused pid from the holder
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def holder() -> dict[str, Any]:
     """This process, as a claim records it."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start(pid), "time": time.time()}
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid), "time": time.time()}
 
 
 def holder_gone(record: dict[str, Any]) -> bool | None:
     """True if the holder process is gone from this host; None if it holds on another host."""
     if record.get("host") != socket.gethostname():
         return None
-    try:
-        os.kill(int(record["pid"]), 0)
-    except ProcessLookupError:
+    if not pid_exists(int(record["pid"])):
         return True
-    except PermissionError:
-        pass  # exists, another user's
-    return _process_start(int(record["pid"])) != record.get("pid_start")
+    return process_start(int(record["pid"])) != record.get("pid_start")
 
 
 def _claims(study: optuna.Study, key: str) -> list[tuple[int, Any]]:
@@ -98,3 +88,21 @@ def release(study: optuna.Study, key: str) -> None:
             optuna.delete_study(study_name=claim.study_name, storage=storage_of(study))
         except KeyError:
             pass  # another worker released it first
+
+
+def once(study: optuna.Study, key: str, pending: Callable[[], bool], work: Callable[[], None]) -> bool:
+    """Do `work` once across all workers and kills: while `pending()`, take the claim on `key`,
+    re-check under it (a worker that held an earlier claim may have done it), work, then release the
+    claims (also one a killed worker left). True if this call did the work."""
+    first_seen: dict[int, float] = {}
+    done = False
+    while pending():
+        if not try_claim(study, key, first_seen):
+            time.sleep(POLL_SECONDS)  # a live worker holds it for milliseconds
+            continue
+        if pending():
+            work()
+            done = True
+        break
+    release(study, key)
+    return done

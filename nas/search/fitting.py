@@ -4,7 +4,6 @@ and in every worker, and enqueue the fit's samples as the first trials."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import optuna
@@ -38,15 +37,11 @@ def enqueue_fit_samples(study: optuna.Study, fit: SpaceFit) -> None:
     starts happen (the baselines' study-level claim): their latency is cached already."""
     if study.user_attrs.get(SAMPLES_ATTR):
         return
-    first_seen: dict[int, float] = {}
-    while _missing(study, fit):
-        if not claims.try_claim(study, CLAIM_KEY, first_seen):
-            time.sleep(claims.POLL_SECONDS)  # a live worker holds it for milliseconds
-            continue
-        for index in _missing(study, fit):  # re-checked under the claim
+    def enqueue() -> None:
+        for index in _missing(study, fit):
             study.enqueue_trial(fit.samples[index], user_attrs={"fit_sample": True, "fit_index": index})
-        break
-    claims.release(study, CLAIM_KEY)
+
+    claims.once(study, CLAIM_KEY, lambda: bool(_missing(study, fit)), enqueue)
     study.set_user_attr(SAMPLES_ATTR, True)
 
 

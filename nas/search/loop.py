@@ -80,29 +80,21 @@ def scaled_baseline(study: optuna.Study, objective: Any, family: str, budget_ms:
 
 def enqueue_once(study: optuna.Study, objective: Any, family: str, index: int) -> bool:
     """Enqueue `family`'s recorded baseline unless a trial already is it; True if this call did."""
-    key, enqueued = f"baseline-{family}", False
-    first_seen: dict[int, float] = {}
-    while not baseline_trial(study, family):
-        if not claims.try_claim(study, key, first_seen):
-            time.sleep(claims.POLL_SECONDS)  # a live worker holds it for milliseconds
-            continue
-        if not baseline_trial(study, family):  # a worker that held an earlier claim may have enqueued it
-            arch = Arch.from_dict(study.user_attrs[SCALED_ATTR + family]["arch"])  # the study's one record
-            faults.point("claimed", index)
-            # A hand design need not lie in the space (the default space has no conv2 stem, no catm first
-            # stage, no one-stage ViT). Its trial evaluates the true design (`baseline_arch`), while its
-            # parameters are the nearest point of the space: the samplers learn the baseline's measured
-            # accuracy and latency at that point, a warm start rather than an exact observation;
-            # `baseline_exact` says which it is. With the parameters it is an ordinary member of the
-            # population and of the intersection search space.
-            params, exact = objective.space.encode(arch)
-            study.enqueue_trial(params, user_attrs={"baseline": family, "baseline_arch": arch.to_dict(),
-                                                    "baseline_exact": exact}, skip_if_exists=False)
-            enqueued = True
-            faults.point("enqueued", index)
-        break
-    claims.release(study, key)  # the baseline is in the study: no claim is needed any more
-    return enqueued
+    def enqueue() -> None:
+        arch = Arch.from_dict(study.user_attrs[SCALED_ATTR + family]["arch"])  # the study's one record
+        faults.point("claimed", index)
+        # A hand design need not lie in the space (the default space has no conv2 stem, no catm first
+        # stage, no one-stage ViT). Its trial evaluates the true design (`baseline_arch`), while its
+        # parameters are the nearest point of the space: the samplers learn the baseline's measured
+        # accuracy and latency at that point, a warm start rather than an exact observation;
+        # `baseline_exact` says which it is. With the parameters it is an ordinary member of the
+        # population and of the intersection search space.
+        params, exact = objective.space.encode(arch)
+        study.enqueue_trial(params, user_attrs={"baseline": family, "baseline_arch": arch.to_dict(),
+                                                "baseline_exact": exact}, skip_if_exists=False)
+        faults.point("enqueued", index)
+
+    return claims.once(study, f"baseline-{family}", lambda: not baseline_trial(study, family), enqueue)
 
 
 def optimize(study: optuna.Study, objective: Any, trials: int, seconds_left: float, quiet: bool) -> str | None:

@@ -48,15 +48,18 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
             # workers starting together race to create the schema; on SQLite the loser sees
             # "table ... already exists" (an OperationalError): retry, the other one won
             if isinstance(exc, OperationalError) and "already exists" not in str(exc):
-                raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0]})") from None
+                raise _cannot_open(url, exc) from None
             if attempt == 2:
                 raise UserError(f"--storage {url!r}: cannot create the Optuna schema ({type(exc).__name__})") from None
             time.sleep(1.0)
         except Exception as exc:  # bad URL, missing driver, unreachable server
-            raise UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0]})") from None
+            raise _cannot_open(url, exc) from None
     raise AssertionError("unreachable")
+
+
+def _cannot_open(url: str, exc: Exception) -> UserError:
+    return UserError(f"--storage {url!r}: cannot open Optuna storage ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0]})")
 
 
 def make_sampler(name: str, seed: int, arch_key: Callable[[dict[str, Any]], str] | None = None
