@@ -1,15 +1,15 @@
 """Fit the search space to the device: a width multiplier that centres sampled latencies on the budget.
 
-A YAML space cannot be centred on a budget for every CPU (the same hybrid takes 1 ms on one machine
-and 2 ms on another), and a space far under (or over) the budget teaches the search nothing about
+A YAML space cannot be centred on a budget for every CPU (the same architecture's latency differs
+between CPUs), and a space far under (or over) the budget teaches the search nothing about
 the budget's edge. So before the search, like the baselines, the space is fitted on the machine that
 times it: `SAMPLES` architectures drawn at random from the space are timed, and the stem and stage
 widths are multiplied by the factor that brings the median of their latencies to `TARGET` x budget
-(then a third to a half of random draws lie over the budget, and the front can reach the
-budget). Latency grows roughly as a power of the width multiplier (measured exponents 0.9-1.3 on
-2-core CPUs): the next multiplier interpolates, on log-log, between the nearest measured rounds below
-and above the target once both exist, else extrapolates along the last two rounds (a guessed
-exponent after one); at most `MAX_ROUNDS` rounds.
+(then a good share of random draws lies over the budget, 3 of the 8 in the default run on a
+2-core Intel Xeon, and the front can reach the budget). Latency grows roughly as a power of the
+width multiplier (exponents near 1 there): the next multiplier interpolates, on log-log, between
+the nearest measured rounds below and above the target once both exist, else extrapolates along
+the last two rounds (a guessed exponent after one); at most `MAX_ROUNDS` rounds.
 
 The samples are the same draws at every multiplier (each knob is drawn as a quantile of its
 choices), and those of the chosen multiplier become the search's first trials: their latencies are
