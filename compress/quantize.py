@@ -31,7 +31,7 @@ from nas.data import ImageDataset, calibration_subset
 from nas.errors import UserError, run_cli
 from nas.export import convert_openvino, save_openvino
 from nas.latency import count_fake_quantize
-from nas.quantization import quantize_options
+from nas.quantization import mixers_of, quantize_options
 
 MIN_INT8_BUDGET = 0.1  # points: below this, accuracy control would keep nearly every op in float
 
@@ -93,7 +93,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     max_drop, spent = int8_budget(max_drop, reference_accuracy, fp32_accuracy)
     if reference_accuracy is not None and max_drop < MIN_INT8_BUDGET:
         raise BudgetSpent(spent)
-    options, ignored = quantize_options(fp32, len(calibration), keep_float)
+    options, ignored = quantize_options(fp32, len(calibration), keep_float, mixers_of(model))
     calibration_set = nncf.Dataset([image[None].numpy() for image in calibration])
     int8 = nncf.quantize(fp32, calibration_set, **options)
     int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
@@ -101,9 +101,11 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     if 100.0 * (fp32_accuracy - int8_accuracy) > max_drop:
         method = "accuracy_control"
         validation_set = nncf.Dataset(list(zip(images.numpy()[:, None], labels, strict=True)))
+        control = {("advanced_quantization_parameters" if k == "advanced_parameters" else k): v
+                   for k, v in options.items()}  # the same rules under this function's argument name
         int8 = nncf.quantize_with_accuracy_control(
             fp32, calibration_set, validation_set, _validate, max_drop=max_drop / 100.0,
-            drop_type=nncf.DropType.ABSOLUTE, **options)
+            drop_type=nncf.DropType.ABSOLUTE, **control)
         int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
     return QuantizeResult(int8, fp32_accuracy, int8_accuracy, method, keep_float, ignored,
                           count_fake_quantize(int8), len(calibration), len(images), resolution,

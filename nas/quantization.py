@@ -1,11 +1,14 @@
-"""INT8 rules shared by INT8 latency (nas.latency) and the shipped INT8 model (compress.quantize).
+"""INT8 shared by INT8 latency (nas.latency) and the shipped INT8 model (compress.quantize).
 
-NNCF post-training quantization of an OpenVINO model (`ModelType.TRANSFORMER`), with float islands:
-every MatMul of two activations (attention: its range is wide and data-dependent), plus the op
-types and name patterns each model family declares with its mixer (nas/models/<family>.py,
-`QuantizationRules`). The convs and Linears, where the MACs are, are quantized. `keep_float=False`
-measures the cost of this choice. Both paths use `quantize_openvino`, so the INT8 latency a search
-or benchmark sees is that of the graph compress.quantize ships.
+NNCF post-training quantization of an OpenVINO model with the per-family rules kept as data in
+nas/quant_rules.yaml (nas.quant_rules): the ops kept float (op types, name patterns, MatMuls of two
+activations, residual adds) are resolved per stage, from the torch module path in each op's name
+(`__module.stages.<i>.`) and the mixer of stage i; the NNCF settings (model type, preset,
+SmoothQuant alpha, bias correction) come from the model's lead family. Without the stage mixers (a
+model that is not a nas Backbone) every family's float rules apply to the whole graph.
+`keep_float=False` quantizes every op (it measures the cost of the islands). Both paths use
+`quantize_options`, so the INT8 latency a search or benchmark sees is that of the graph
+compress.quantize ships.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from nas.quant_rules import FamilyRules, RulesFile, load_rules
+
 _PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
+_STAGE = re.compile(r"__module\.stages\.(\d+)\.")
 
 
 def _is_constant(node: Any) -> bool:
@@ -27,42 +33,85 @@ def _is_constant(node: Any) -> bool:
     return kind in _PASS_THROUGH and all(_is_constant(i.get_source_output().get_node()) for i in node.inputs())
 
 
+def _activations_only(op: Any) -> bool:
+    return not any(_is_constant(i.get_source_output().get_node()) for i in op.inputs())
+
+
 def activation_matmuls(ov_model: Any) -> list[str]:
     """Names of MatMuls whose two inputs are both activations (a Linear's MatMul has a constant)."""
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-            if op.get_type_name() == "MatMul"
-            and not any(_is_constant(i.get_source_output().get_node()) for i in op.inputs())]
+            if op.get_type_name() == "MatMul" and _activations_only(op)]
 
 
-def keep_float_scope(ov_model: Any) -> tuple[Any, list[str]]:
-    """The IgnoredScope for the float islands, and the names of the ops it matches in this model."""
-    import nncf
-
-    from nas.models.registry import float_islands
-
-    rules = float_islands()  # every registered family's: an op type absent from this graph matches nothing
-    patterns = [re.compile(p) for p in rules.patterns]
-    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() != "Constant"]
-    names = activation_matmuls(ov_model)
-    matched = names + [op.get_friendly_name() for op in ops if op.get_type_name() in rules.types]
-    matched += [op.get_friendly_name() for op in ops if any(p.match(op.get_friendly_name()) for p in patterns)]
-    # validate=False: a pure-conv model has none of these types, which is fine, not an error.
-    return (nncf.IgnoredScope(names=names, types=list(rules.types), patterns=list(rules.patterns), validate=False),
-            matched)
+def mixers_of(model: Any) -> list[str] | None:
+    """The stage mixers of a nas Backbone (pruned ones keep their arch), else None."""
+    arch = getattr(model, "arch", None)
+    return None if arch is None else [stage.mixer for stage in arch.stages]
 
 
-def quantize_options(ov_model: Any, subset_size: int, keep_float: bool = True) -> tuple[dict[str, Any], list[str]]:
+def rules_digest(rules: RulesFile | None = None) -> str:
+    return (rules or load_rules()).digest()
+
+
+def _op_rules(name: str, mixers: list[str] | None, rules: RulesFile) -> list[FamilyRules]:
+    """The family rules that govern one op: its stage's family; all families when mixers are unknown."""
+    if mixers is None:
+        return list(rules.families.values())
+    match = _STAGE.match(name) or _STAGE.search(name)
+    if match and int(match[1]) < len(mixers):
+        return [rules.family(mixers[int(match[1])])]
+    return []  # stem, head, folded-constant names: quantized
+
+
+def float_ops(ov_model: Any, mixers: list[str] | None = None, rules: RulesFile | None = None) -> list[str]:
+    """Names of the ops the rules keep float in this graph."""
+    rules = rules or load_rules()
+    lead = rules.lead(mixers)
+    out = []
+    for op in ov_model.get_ordered_ops():
+        kind, name = op.get_type_name(), op.get_friendly_name()
+        if kind in ("Constant", "Parameter", "Result"):
+            continue
+        governing = _op_rules(name, mixers, rules)
+        matmul = kind == "MatMul" and _activations_only(op)
+        if matmul and not governing:  # an attention MatMul outside any stage follows the lead family
+            governing = [lead]
+        for fam in governing:
+            if (kind in fam.float_types or any(re.match(p, name) for p in fam.float_patterns)
+                    or (matmul and fam.float_activation_matmuls)
+                    or (kind == "Add" and not fam.quantize_residual_adds and _activations_only(op))):
+                out.append(name)
+                break
+    return out
+
+
+def quantize_options(ov_model: Any, subset_size: int, keep_float: bool = True, mixers: list[str] | None = None,
+                     rules: RulesFile | None = None) -> tuple[dict[str, Any], list[str]]:
     """The keyword arguments for nncf.quantize / quantize_with_accuracy_control, and the ops kept float."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every op it skips
-    scope, ignored = keep_float_scope(ov_model) if keep_float else (None, [])
-    return dict(model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope, subset_size=subset_size), ignored
+    rules = rules or load_rules()
+    lead = rules.lead(mixers)
+    ignored = float_ops(ov_model, mixers, rules) if keep_float else []
+    options: dict[str, Any] = dict(
+        model_type=nncf.ModelType.TRANSFORMER if lead.model_type == "transformer" else None,
+        subset_size=subset_size, fast_bias_correction=lead.fast_bias_correction,
+        # validate=False: a name list resolved on this very graph; empty is fine for a pure-conv model
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None)
+    if lead.preset is not None:
+        options["preset"] = nncf.QuantizationPreset(lead.preset)
+    if lead.smooth_quant_alpha is not None:
+        options["advanced_parameters"] = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=lead.smooth_quant_alpha))
+    return options, ignored
 
 
-def quantize_openvino(ov_model: Any, calibration: Sequence[np.ndarray], keep_float: bool = True) -> Any:
+def quantize_openvino(ov_model: Any, calibration: Sequence[np.ndarray], keep_float: bool = True,
+                      mixers: list[str] | None = None, rules: RulesFile | None = None) -> Any:
     """NNCF INT8 of an OpenVINO model calibrated on `calibration` (batch-1 NCHW arrays)."""
     import nncf
 
-    options, _ = quantize_options(ov_model, len(calibration), keep_float)
+    options, _ = quantize_options(ov_model, len(calibration), keep_float, mixers, rules)
     return nncf.quantize(ov_model, nncf.Dataset(list(calibration)), **options)

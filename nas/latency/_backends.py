@@ -323,9 +323,9 @@ def model_runner(backend: str, model: nn.Module, resolution: int, threads: int,
         if backend == "openvino":
             ov_model = convert_openvino(model, resolution)
             if precision == "int8":
-                from nas.quantization import quantize_openvino
+                from nas.quantization import mixers_of, quantize_openvino
 
-                ov_model = quantize_openvino(ov_model, _synthetic_calibration(resolution))
+                ov_model = quantize_openvino(ov_model, _synthetic_calibration(resolution), mixers=mixers_of(model))
             yield _ov_step(ov_model, threads, example_input(resolution).numpy(), precision)
         elif backend == "onnxruntime":
             with tempfile.TemporaryDirectory(prefix="vitnas-latency-") as tmp:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nas.arch import StageSpec
-from nas.models.registry import PruningRule, QuantizationRules, register_mixer
+from nas.models.registry import PruningRule, register_mixer
 
 GUIDE_CLASSES = 16
 POOL_EPS = 1e-6
@@ -212,18 +212,10 @@ class CageStage(nn.Module):
 # stage width stays). The fusion queries and embedding are bare parameters with channels on dim 1/2.
 PRUNING = PruningRule(CageStage, frozen=("*",), prunable=("blocks.*.mlp.0",),
                       unwrapped=(("fusion.queries", 1), ("fusion.embedding", 2)))
-# Quantization: the selection (TopK, gathers, scatters) moves indices, not values, and ties flip
-# under INT8; the softmaxes are probability maps a coarse grid flattens; the guide normalisation and
-# masked pooling divide activations. The CAM guide decides which tokens are selected and INT8 noise
-# in its scores flips the TopK order, so the whole guide (its 1x1 conv included) stays float.
-QUANTIZATION = QuantizationRules(
-    types=("Divide", "Softmax", "TopK", "GatherElements", "Gather", "ScatterElementsUpdate", "ScatterUpdate",
-           "ScatterNDUpdate"),
-    patterns=(r".*\.guide[/.].*",),
-)
+# Quantization: rules in nas/quant_rules.yaml (glsra: selection, softmaxes, divisions, the guide stay float).
 
 
-@register_mixer("glsra", pruning=(PRUNING,), quantization=QUANTIZATION)
+@register_mixer("glsra", pruning=(PRUNING,))
 def glsra_stage(spec: StageSpec) -> nn.Module:
     if spec.depth == 0:
         return nn.Identity()

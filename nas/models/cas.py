@@ -100,7 +100,7 @@ class AdditiveBlock(nn.Module):
 # Pruning: torch-pruning traces `z * gate(z)` (a C->1 gate broadcast over C) and the q/k/v chunk
 # wrongly (it splits the q/k gates off the residual), so the whole mixer keeps its channels; that
 # keeps q/k/v aligned and the stage width whole. LocalIntegration and MLP hidden channels are pruned.
-# Quantization: all of it (no activation-by-activation MatMul, no division, no softmax).
+# Quantization: rules in nas/quant_rules.yaml (catm: no activation-by-activation MatMul, division or softmax).
 @register_mixer("catm", pruning=(PruningRule(CATM, frozen=("*",)),))
 def catm_stage(spec: StageSpec) -> nn.Module:
     return nn.Sequential(*(AdditiveBlock(spec.width, spec.expand) for _ in range(spec.depth)))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from nas.arch import StageSpec
 from nas.models.blocks import ConvBN, MBConv, Residual
-from nas.models.registry import PruningRule, QuantizationRules, register_mixer
+from nas.models.registry import PruningRule, register_mixer
 
 LINEAR_ATTENTION_EPS = 1e-5
 
@@ -73,10 +73,7 @@ class EfficientViTBlock(nn.Module):
 # reshape to (heads, 3d, N)) keep their channels, so heads stay whole and the dependency graph never
 # indexes through that reshape. The MBConv FFN hidden channels and the stage's residual width (qkv
 # input, proj output) are pruned.
-# Quantization: the core multiplies activations by activations (k^T v sums over all N tokens, so its
-# range is wide and resolution-dependent; nas.quantization keeps every such MatMul float) and
-# divides two activations.
-@register_mixer("litemla", pruning=(PruningRule(LiteMLA, frozen=("qkv", "aggregators.*")),),
-                quantization=QuantizationRules(types=("Divide",)))
+# Quantization: rules in nas/quant_rules.yaml (litemla).
+@register_mixer("litemla", pruning=(PruningRule(LiteMLA, frozen=("qkv", "aggregators.*")),))
 def litemla_stage(spec: StageSpec) -> nn.Module:
     return nn.Sequential(*(EfficientViTBlock(spec.width, spec.head_dim, spec.expand) for _ in range(spec.depth)))

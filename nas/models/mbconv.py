@@ -10,7 +10,7 @@ from nas.models.registry import register_mixer
 
 
 # Pruning: the expanded (hidden) channels; MBConv-only stages also their residual width.
-# Quantization: all of it.
+# Quantization: rules in nas/quant_rules.yaml (mbconv).
 @register_mixer("mbconv")
 def mbconv_stage(spec: StageSpec) -> nn.Module:
     return nn.Sequential(*(Residual(MBConv(spec.width, spec.width, expand=spec.expand)) for _ in range(spec.depth)))

@@ -4,8 +4,9 @@
     def catm_stage(spec: StageSpec) -> nn.Module: ...
 
 The name must be in the torch-free catalogue (`nas.mixers`); a new mixer passes its `MixerInfo`
-instead of a name and is declared there too. The rules are data (NNCF style) that compress.prune
-and nas.quantization read, so they never reach into a family's modules themselves.
+instead of a name and is declared there too. The pruning rules are data (NNCF style) that
+compress.prune reads, so it never reaches into a family's modules itself; the INT8 rules are data
+too, per family in nas/quant_rules.yaml (nas.quant_rules, read by nas.quantization).
 """
 
 from __future__ import annotations
@@ -50,30 +51,17 @@ class PruningRule:
 
 
 @dataclass(frozen=True)
-class QuantizationRules:
-    """Ops of the exported OpenVINO graph that INT8 keeps in float (NNCF IgnoredScope terms).
-
-    `types` are OpenVINO op types; `patterns` are regular expressions over op names, which carry
-    the torch module path (e.g. `.guide.` for every op of a CageViT guide).
-    """
-
-    types: tuple[str, ...] = ()
-    patterns: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Family:
     info: MixerInfo
     build: StageBuilder
     pruning: tuple[PruningRule, ...] = ()
-    quantization: QuantizationRules = QuantizationRules()
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
-def register_mixer(mixer: str | MixerInfo, *, pruning: tuple[PruningRule, ...] = (),
-                   quantization: QuantizationRules = QuantizationRules()) -> Callable[[StageBuilder], StageBuilder]:
+def register_mixer(mixer: str | MixerInfo, *,
+                   pruning: tuple[PruningRule, ...] = ()) -> Callable[[StageBuilder], StageBuilder]:
     """Decorator: register a stage builder (StageSpec -> module) under a catalogue name or a new MixerInfo."""
     if isinstance(mixer, MixerInfo):
         declare(mixer)
@@ -84,7 +72,7 @@ def register_mixer(mixer: str | MixerInfo, *, pruning: tuple[PruningRule, ...] =
     def decorate(builder: StageBuilder) -> StageBuilder:
         if info.name in _FAMILIES:
             raise ValueError(f"mixer {info.name!r} registered twice")
-        _FAMILIES[info.name] = Family(info, builder, tuple(pruning), quantization)
+        _FAMILIES[info.name] = Family(info, builder, tuple(pruning))
         return builder
 
     return decorate
@@ -121,12 +109,3 @@ def check_catalogue() -> None:
 def pruning_rules() -> list[PruningRule]:
     return [rule for family in families() for rule in family.pruning]
 
-
-def float_islands() -> QuantizationRules:
-    """The union of every family's float ops (applied to any graph: an absent op type matches nothing)."""
-    types: dict[str, None] = {}
-    patterns: dict[str, None] = {}
-    for family in families():
-        types |= dict.fromkeys(family.quantization.types)
-        patterns |= dict.fromkeys(family.quantization.patterns)
-    return QuantizationRules(tuple(types), tuple(patterns))

@@ -1,0 +1,278 @@
+"""Choose each family's INT8 rules by measured latency AND accuracy; record the losers.
+
+Every rule variant (one NNCF/OpenVINO option changed from the rules file, applied to every family)
+quantizes, per model:
+  accuracy  the model's search-proxy weights (the run's checkpoints: the winner and the three family
+            baselines, trained at the proxy resolution, where their accuracy means something),
+            calibrated on 300 train images, top-1 on the run's val and test splits against the
+            same OpenVINO model in fp32;
+  latency   the same rules on the model at the target resolution (synthetic calibration: the
+            graph, not the scales, sets the speed), timed by `benchmark_app` (sync, 1 stream,
+            the threads; bench.latency_bench.run_benchmark_app) beside the FP32 IR at f32 and
+            bf16, natively and (--avx2) with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA, emulated
+            on this Xeon, not an AVX2-only CPU); CAS-ViT-XS / EfficientViT-B0 latency only.
+A family's choice: the fastest variant by benchmark_app on its model (AMX: INT8 vs bf16) whose val
+drop is at most --max-drop points. Writes bench/results/int8_rules_<cpu>.json; the choices are
+copied into nas/quant_rules.yaml by hand (the data file stays reviewed).
+
+    nice -n 19 python -m bench.int8_rules --run DIR --prepare-only   # quantize + accuracy (CPU heavy)
+    python -m bench.int8_rules --run DIR --avx2                      # time (under the quiet lock)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.int8_profile import model_archs, run_baselines, winner_arch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# variant -> changes to every family's rules (None: keep_float off, every op quantized)
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "file": {},
+    "cnn": {"model_type": "cnn"},
+    "transformer_performance": {"preset": "performance"},
+    "smoothquant_off": {"smooth_quant_alpha": -1},
+    "residual_adds_float": {"quantize_residual_adds": False},
+    "cnn_residual_adds_float": {"model_type": "cnn", "quantize_residual_adds": False},
+    "bias_correction_full": {"fast_bias_correction": False},
+    "no_float_islands": None,
+}
+FAMILY_MODEL = {"catm": "casvit_baseline", "litemla": "efficientvit_baseline", "glsra": "cagevit_baseline",
+                "mbconv": "efficientvit_baseline"}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def variant_rules(name: str) -> tuple[Any, bool]:
+    from nas.quant_rules import load_rules
+
+    base = load_rules()
+    change = VARIANTS[name]
+    if change is None:
+        return base, False
+    families = {k: v.model_copy(update=change) for k, v in base.families.items()}
+    return base.model_copy(update={"families": families}), True
+
+
+def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
+    """(arch, proxy weights) of the winner and of each baseline the run trained."""
+    name, arch = winner_arch(run, trial)
+    folder = next(f for f in (run / "winners").iterdir() if f.name.split("-", 1)[0] == name.split("_", 1)[1])
+    out = {name: (arch, folder / "weights.pt")}
+    for base, barch in run_baselines(run).items():
+        found = sorted((run / "checkpoints").glob(f"*-{barch.hash}.pt"))
+        if found:
+            out[base] = (barch, found[0])
+    return out
+
+
+def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, Any]:
+    """Val/test top-1 of the FP32 and every variant's INT8 OpenVINO model at the proxy resolution."""
+    import nncf
+    import torch
+
+    from compress._runtime import openvino_logits, top1, validation_batch
+    from compress._target import load_splits
+    from nas.data import calibration_subset
+    from nas.export import convert_openvino
+    from nas.models import build_model
+    from nas.quantization import quantize_options
+    from nas.runs import read_config
+
+    resolution = int(read_config(run)["space"]["resolution"]["proxy"])
+    splits = load_splits(run.resolve(), resolution)
+    calib = [image[None].numpy() for image in calibration_subset(splits, calibration)]
+    val, test = validation_batch(splits.val), validation_batch(splits.test)
+    out: dict[str, Any] = {"resolution": resolution, "val_images": len(val[1]), "test_images": len(test[1]),
+                           "calibration_images": len(calib), "models": {}}
+    for name, (arch, weights) in trained_models(run, trial).items():
+        model = build_model(arch)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        fp32 = convert_openvino(model.eval(), resolution)
+        row: dict[str, Any] = {"weights": str(weights), "fp32": {
+            "val": top1(openvino_logits(fp32, val[0], 2), val[1]),
+            "test": top1(openvino_logits(fp32, test[0], 2), test[1])}}
+        for variant in VARIANTS:
+            rules, keep_float = variant_rules(variant)
+            start = time.perf_counter()
+            options, ignored = quantize_options(fp32, len(calib), keep_float, [s.mixer for s in arch.stages], rules)
+            int8 = nncf.quantize(fp32, nncf.Dataset(calib), **options)
+            acc = {"val": top1(openvino_logits(int8, val[0], 2), val[1]),
+                   "test": top1(openvino_logits(int8, test[0], 2), test[1])}
+            row[variant] = {**acc, "val_drop_points": 100 * (row["fp32"]["val"] - acc["val"]),
+                            "test_drop_points": 100 * (row["fp32"]["test"] - acc["test"]),
+                            "float_ops": len(ignored), "quantize_s": time.perf_counter() - start}
+            log(f"{name} {variant}: val {100 * acc['val']:.2f}% (fp32 {100 * row['fp32']['val']:.2f}%), "
+                f"test {100 * acc['test']:.2f}%")
+        out["models"][name] = row
+    return out
+
+
+def prepare_irs(run: Path, trial: int | None, workdir: Path, resolution: int) -> dict[str, Any]:
+    """FP32 IR and one INT8 IR per variant of every model at the target resolution."""
+    from nas.export import convert_openvino, save_openvino
+    from nas.latency._backends import _synthetic_calibration
+    from nas.models import build_model
+    from nas.quantization import quantize_openvino
+
+    manifest: dict[str, Any] = {}
+    calib = _synthetic_calibration(resolution, 16)
+    for name, arch in model_archs(run, trial, ("casvit_xs", "efficientvit_b0")).items():
+        mixers = [s.mixer for s in arch.stages]
+        fp32_path = workdir / f"{name}-{arch.hash}.fp32.xml"
+        ov_model = None
+        if not fp32_path.exists():
+            ov_model = convert_openvino(build_model(arch).eval(), resolution)
+            save_openvino(ov_model, fp32_path)
+        entry = {"fp32": str(fp32_path), "mixers": mixers, "int8": {}}
+        for variant in VARIANTS:
+            rules, keep_float = variant_rules(variant)
+            path = workdir / f"{name}-{arch.hash}.int8-{variant}-{rules.digest()}.xml"
+            if not path.exists():
+                if ov_model is None:
+                    from nas.latency import ov_read
+
+                    ov_model = ov_read(fp32_path)
+                save_openvino(quantize_openvino(ov_model, calib, keep_float, mixers, rules), path)
+                log(f"{name} {variant}: INT8 IR")
+            entry["int8"][variant] = str(path)
+        manifest[name] = entry
+    return manifest
+
+
+def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: list[str]) -> dict[str, Any]:
+    from bench.latency_bench import run_benchmark_app
+
+    out: dict[str, Any] = {}
+    for name, entry in manifest.items():
+        row: dict[str, Any] = {}
+        for precision in precisions:
+            row[precision] = run_benchmark_app(Path(entry["fp32"]), threads, seconds, precision)
+        for variant, path in entry["int8"].items():
+            row[f"int8:{variant}"] = run_benchmark_app(Path(path), threads, seconds, "f32")
+        out[name] = row
+        log(f"{name}: " + ", ".join(f"{k} {v['median_ms']:.3f}" for k, v in row.items()))
+    return out
+
+
+def choose(report: dict[str, Any], max_drop: float) -> dict[str, Any]:
+    """Per family: the fastest variant (native benchmark_app) within max_drop val points."""
+    timing, acc = report["latency"].get("native", {}), report.get("accuracy", {}).get("models", {})
+    choice = {}
+    for family, model in FAMILY_MODEL.items():
+        if model not in timing or model not in acc:
+            continue
+        rows = []
+        for variant in VARIANTS:
+            ms = timing[model].get(f"int8:{variant}", {}).get("median_ms")
+            a = acc[model].get(variant, {})
+            rows.append({"variant": variant, "median_ms": ms, "val_drop_points": a.get("val_drop_points"),
+                         "test_drop_points": a.get("test_drop_points"),
+                         "within": a.get("val_drop_points") is not None and a["val_drop_points"] <= max_drop})
+        ok = [r for r in rows if r["within"] and r["median_ms"]]
+        best = min(ok, key=lambda r: r["median_ms"]) if ok else None
+        choice[family] = {"model": model, "chosen": best and best["variant"], "candidates": rows}
+    return choice
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.int8_rules", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--winner", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bench-seconds", type=int, default=5)
+    p.add_argument("--calibration", type=int, default=300)
+    p.add_argument("--max-drop", type=float, default=0.5)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/vitnas-int8-rules"))
+    p.add_argument("--prepare-only", action="store_true", help="quantize and measure accuracy, no timing")
+    p.add_argument("--avx2", action="store_true", help="also time with ONEDNN_MAX_CPU_ISA=AVX2 (fp32 + INT8)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--time-worker", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precisions", nargs="+", default=["fp32"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    from nas.atomic import atomic_write
+
+    if args.time_worker:  # child: the ISA cap must be in the environment before OpenVINO loads
+        manifest = json.loads(args.time_worker.read_text())
+        result = time_all(manifest, args.threads, args.bench_seconds, args.precisions)
+        atomic_write(args.time_worker.with_suffix(".out.json"), json.dumps(result, indent=1))
+        return 0
+
+    from bench.precision_bench import cpu_slug
+    from nas.latency import describe_machine, runtime_version, supported_precisions
+    from nas.quantization import rules_digest
+
+    machine = describe_machine()
+    out_path = args.out or RESULTS / f"int8_rules_{cpu_slug(machine)}.json"
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    report = json.loads(out_path.read_text()) if out_path.exists() else {"latency": {}, "load": {}}
+    manifest_path = args.workdir / "manifest.json"
+    if args.prepare_only:
+        atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution)))
+        report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration)
+    else:
+        manifest = json.loads(manifest_path.read_text())
+        native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
+        for label, isa, precisions in [("native", None, native)] + ([("avx2_emulated", "AVX2", ["fp32"])]
+                                                                      if args.avx2 else []):
+            env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+            if isa:
+                env["ONEDNN_MAX_CPU_ISA"] = isa
+            load = os.getloadavg()
+            subprocess.run([sys.executable, "-m", "bench.int8_rules", "--run", str(args.run), "--time-worker",
+                            str(manifest_path), "--threads", str(args.threads), "--bench-seconds",
+                            str(args.bench_seconds), "--precisions", *precisions], env=env, check=True,
+                           cwd=Path(__file__).resolve().parent.parent)
+            report["latency"][label] = json.loads(manifest_path.with_suffix(".out.json").read_text())
+            report["load"][label] = {"loadavg_before": load, "loadavg_after": os.getloadavg()}
+    report.update(machine=machine, runtime=runtime_version("openvino"), resolution=args.resolution,
+                  threads=args.threads, rules_digest=rules_digest(), max_drop_points=args.max_drop,
+                  variants={k: ("keep_float off: every op quantized" if v is None else v) for k, v in VARIANTS.items()},
+                  benchmark_app=f"-hint none -nstreams 1 -nthreads {args.threads} -nireq 1 -api sync "
+                                f"-t {args.bench_seconds} -infer_precision f32|bf16 (INT8 IRs: f32)",
+                  avx2_label="AVX2 emulated on the Xeon (ONEDNN_MAX_CPU_ISA=AVX2), not an AMD EPYC")
+    report["choice"] = choose(report, args.max_drop)
+    atomic_write(out_path, json.dumps(report, indent=1))
+    print_summary(report)
+    print(f"wrote {out_path}")
+    return 0
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    acc = report.get("accuracy", {}).get("models", {})
+    for label, timing in report.get("latency", {}).items():
+        print(f"\n== benchmark_app median ms, {label} ==")
+        for model, row in timing.items():
+            base = {k: row[k]["median_ms"] for k in ("fp32", "bf16") if k in row}
+            print(f"{model:22s} " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
+            for key, stats in row.items():
+                if key.startswith("int8:"):
+                    variant = key.split(":", 1)[1]
+                    a = acc.get(model, {}).get(variant, {})
+                    ratios = " ".join(f"/{k} {stats['median_ms'] / v:.2f}" for k, v in base.items())
+                    drop = (f" val drop {a['val_drop_points']:+.2f} test drop {a['test_drop_points']:+.2f}"
+                            if a else "")
+                    print(f"   {variant:26s} {stats['median_ms']:7.3f} ms {ratios}{drop}")
+    if not report.get("latency"):
+        for model, row in acc.items():
+            print(model, {k: round(100 * v["val"], 2) for k, v in row.items() if isinstance(v, dict) and "val" in v})
+    for family, c in report.get("choice", {}).items():
+        print(f"{family}: chosen {c['chosen']} (on {c['model']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
