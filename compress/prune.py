@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,11 +33,12 @@ from torch import nn
 
 from compress._metrics import count_macs, count_params
 from compress._target import Target, add_target_arguments, load_target, write_json
+from compress._units import count_blocks, opaque_units, prune_inner, unit_pruner
 from nas.atomic import atomic_path
 from nas.errors import UserError, run_cli
 from nas.export import example_input
 from nas.latency import MeasureSettings, measure
-from nas.models.registry import pruning_rules
+from nas.models.registry import PruningRule, pruning_rules
 
 ROUND_TO = 8
 
@@ -57,18 +59,74 @@ def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
             for found in rule.unwrapped_parameters(module)]
 
 
+def _units(model: nn.Module) -> list[tuple[nn.Module, PruningRule]]:
+    """Every instance of a unit rule's module class (one node of the dependency graph each)."""
+    rules = [rule for rule in pruning_rules() if rule.is_unit]
+    return [(module, rule) for module in model.modules() for rule in rules if isinstance(module, rule.module)]
+
+
+def _meta_pruner_class() -> type:
+    import torch_pruning as tp
+
+    class MetaPruner(tp.pruner.MetaPruner):
+        """torch-pruning's MetaPruner with round_to applied to the whole width of grouped channels.
+
+        Its `_round_to` receives the count pruned in *one* channel group (heads) but the width of all of
+        them, and then may take more than a group holds; here the kept width per group is rounded so that
+        all groups together stay a multiple of round_to.
+        """
+
+        _groups = 1
+
+        def _is_atten_group(self, group: Any) -> Any:  # called per group right before _round_to
+            self._groups = self._get_channel_groups(group)
+            return super()._is_atten_group(group)
+
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            if self._groups <= 1:
+                return super()._round_to(n_pruned, current_channels, round_to)
+            per_group = current_channels // self._groups
+            step = round_to // math.gcd(round_to, self._groups)
+            keep = max(step, (per_group - n_pruned) // step * step)
+            return max(0, min(per_group - 1, per_group - keep))
+
+    return MetaPruner
+
+
 def make_pruner(model: nn.Module, resolution: int, ratio: float, steps: int = 1) -> Any:
-    """A torch-pruning MetaPruner: L2 group magnitude, same ratio per layer, `steps` equal steps to `ratio`."""
+    """A torch-pruning MetaPruner: L2 group magnitude, same ratio per layer, `steps` equal steps to `ratio`;
+    the families' units are customized pruners (compress._units)."""
     import torch_pruning as tp
 
     model.eval()
-    with warnings.catch_warnings():
+    units = {rule.module: unit_pruner(rule) for rule in pruning_rules() if rule.is_unit}
+    with warnings.catch_warnings(), opaque_units(model, units):
         warnings.simplefilter("ignore")
-        return tp.pruner.MetaPruner(
+        return _meta_pruner_class()(
             model, example_input(resolution), importance=tp.importance.GroupMagnitudeImportance(p=2),
             pruning_ratio=ratio, iterative_steps=steps, round_to=ROUND_TO, ignored_layers=ignored_layers(model),
-            unwrapped_parameters=_unwrapped_parameters(model),
+            unwrapped_parameters=_unwrapped_parameters(model), customized_pruners=units,
         )
+
+
+class Pruner:
+    """One pruning schedule: torch-pruning's steps for the graph, the units' inner sets (heads) alongside."""
+
+    def __init__(self, model: nn.Module, resolution: int, ratio: float, steps: int = 1) -> None:
+        self.model, self.ratio, self.steps = model, ratio, steps
+        self.graph = make_pruner(model, resolution, ratio, steps)
+        self.initial: dict[int, int] = {}
+        self.done = 0
+
+    def step(self) -> float:
+        """Prune to the next step's ratio; returns it."""
+        self.graph.step()
+        self.done += 1
+        ratio = self.ratio * self.done / self.steps
+        for unit, rule in _units(self.model):
+            for inner in rule.inner:
+                prune_inner(unit, inner, 1.0 - ratio, self.initial, ROUND_TO)
+        return ratio
 
 
 @dataclass
@@ -89,10 +147,10 @@ def prune_model(model: nn.Module, resolution: int, *, ratio: float | None = None
     if (ratio is None) == (target_ms is None):
         raise ValueError("give exactly one of ratio and target_ms")
     if ratio is not None:
-        make_pruner(model, resolution, ratio).step()
+        Pruner(model, resolution, ratio).step()
         return [PruneStep(1, ratio, count_params(model), latency(model) if latency else None)]
     steps = max(1, round(max_ratio / step_ratio))
-    pruner = make_pruner(model, resolution, max_ratio, steps)
+    pruner = Pruner(model, resolution, max_ratio, steps)
     history = []
     for step in range(1, steps + 1):
         pruner.step()
@@ -112,9 +170,34 @@ def interleaved_latency(models: list[nn.Module], latency: Any, rounds: int = 2) 
     return best
 
 
-def snapshot(model: nn.Module, resolution: int, accuracy: float, latency_ms: float | None) -> dict[str, Any]:
+def block_params(model: nn.Module, mixers: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Parameters per block (stem, each stage, head) and per unit (attention core or stage: its width, and
+    heads where it has them), so a report shows what pruning took from where."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, child in model.named_children():
+        if name == "stages":
+            for i, stage in enumerate(child):
+                rows[f"stages.{i}"] = {"params": count_params(stage)}
+                if mixers and i < len(mixers):
+                    rows[f"stages.{i}"]["mixer"] = mixers[i]
+        else:
+            rows[name] = {"params": count_params(child)}
+    names = {module: name for name, module in model.named_modules()}
+    for unit, rule in _units(model):
+        row = {"kind": type(unit).__name__, "params": count_params(unit),
+               "width": unit_pruner(rule).get_out_channels(unit)}
+        for inner in rule.inner:
+            if isinstance(inner.block, str):  # heads
+                row["heads"] = count_blocks(unit, inner)
+                row[inner.block] = getattr(unit, inner.block)
+        rows[names[unit]] = row
+    return rows
+
+
+def snapshot(model: nn.Module, resolution: int, accuracy: float, latency_ms: float | None,
+             mixers: list[str] | None = None) -> dict[str, Any]:
     return {"params": count_params(model), "macs": count_macs(model, resolution), "accuracy": accuracy,
-            "latency_ms": latency_ms}
+            "latency_ms": latency_ms, "blocks": block_params(model, mixers)}
 
 
 def prune_target(target: Target, *, ratio: float | None = None, target_ms: float | None = None, epochs: int = 1,
@@ -153,8 +236,9 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     model.eval()
     # The final comparison is interleaved (slow spells of this shared machine hit one-off measurements unevenly).
     before_ms, after_ms = interleaved_latency([original, model], latency)
-    before = snapshot(original, resolution, evaluate(original, splits.val), before_ms)
-    after = snapshot(model, resolution, evaluate(model, splits.val), after_ms)
+    mixers = [stage.mixer for stage in target.winner.arch.stages]
+    before = snapshot(original, resolution, evaluate(original, splits.val), before_ms, mixers)
+    after = snapshot(model, resolution, evaluate(model, splits.val), after_ms, mixers)
     before["test_accuracy"], after["test_accuracy"] = evaluate(original, splits.test), evaluate(model, splits.test)
     with atomic_path(target.pruned_path()) as tmp:
         torch.save(model, tmp)

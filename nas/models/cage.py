@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nas.arch import StageSpec
-from nas.models.registry import PruningRule, register_mixer
+from nas.models.registry import Channels, Inner, PruningRule, register_mixer
 
 GUIDE_CLASSES = 16
 POOL_EPS = 1e-6
@@ -71,7 +71,10 @@ class TokenFusion(nn.Module):
         self.heads = heads
         self.queries = nn.Parameter(torch.randn(tokens, dim) * 0.02)
         self.embedding = nn.Parameter(torch.zeros(1, 1, dim))
-        self.scale = (dim // heads) ** -0.5
+
+    @property
+    def scale(self) -> float:
+        return (self.queries.shape[1] // self.heads) ** -0.5  # from the tensor: pruning shrinks head dims
 
     def logits(self, minor: Tensor) -> Tensor:
         """(B, h, M, Nm) similarity of each fusion query to each minor token."""
@@ -91,12 +94,15 @@ class GatedLinearSRA(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.scale = (dim // heads) ** -0.5
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.gate = nn.Linear(dim, dim)
         self.reduce = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim), nn.GELU())
         self.out = nn.Linear(dim, dim)
+
+    @property
+    def scale(self) -> float:
+        return (self.q.out_features // self.heads) ** -0.5  # from the tensor: pruning shrinks head dims
 
     def forward(self, x: Tensor, num_major: int, grid: GridContext) -> Tensor:
         b, n, c = x.shape
@@ -208,10 +214,20 @@ class CageStage(nn.Module):
 
 
 # Pruning: tokens are reshaped into heads in the fusion, attention and broadcast-back, and the
-# selection/gathers/scatters move whole tokens, so only the MLP hidden channels are pruned (the
-# stage width stays). The fusion queries and embedding are bare parameters with channels on dim 1/2.
-PRUNING = PruningRule(CageStage, frozen=("*",), prunable=("blocks.*.mlp.0",),
-                      unwrapped=(("fusion.queries", 1), ("fusion.embedding", 2)))
+# selection/gathers/scatters move whole tokens, which torch-pruning's graph cannot follow; so the stage
+# is one unit whose output is its input plus updates (coupled) and whose width is every layer below,
+# pruned by the same amount in each head (channel groups = heads: heads stay, head dims shrink; the
+# attention scales are read from the tensors). The MLP hidden channels of each block go too.
+PRUNING = PruningRule(
+    CageStage, coupled=True, channel_groups="fusion.heads",
+    unit_out=(Channels("pos"), Channels("guide.cam", "in"), Channels("fusion.queries", 1),
+              Channels("fusion.embedding", 2), Channels("blocks.*.norm?"),
+              *(Channels(f"blocks.*.attn.{name}", side) for name in ("q", "gate", "reduce.0", "out")
+                for side in ("out", "in")),
+              Channels("blocks.*.attn.kv", "in"), Channels("blocks.*.attn.kv", "out", span=2),
+              Channels("blocks.*.attn.reduce.1"), Channels("blocks.*.mlp.0", "in"), Channels("blocks.*.mlp.2")),
+    inner=(Inner((Channels("0"), Channels("2", "in")), scope="blocks.*.mlp"),),
+)
 # Quantization: rules in nas/quant_rules.yaml (glsra: selection, softmaxes, divisions, the guide stay float).
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from nas.arch import StageSpec
 from nas.models.blocks import ConvBN
-from nas.models.registry import PruningRule, register_mixer
+from nas.models.registry import Channels, PruningRule, register_mixer
 
 
 class SpatialGate(nn.Module):
@@ -98,9 +98,17 @@ class AdditiveBlock(nn.Module):
 
 
 # Pruning: torch-pruning traces `z * gate(z)` (a C->1 gate broadcast over C) and the q/k/v chunk
-# wrongly (it splits the q/k gates off the residual), so the whole mixer keeps its channels; that
-# keeps q/k/v aligned and the stage width whole. LocalIntegration and MLP hidden channels are pruned.
+# wrongly (it splits the q/k gates off the residual), so the mixer is one unit of its dependency graph:
+# its input is the qkv conv's input, its output channel i is q/k/v channel i through the gates, the
+# dense channel gate, the DW convs and the DW projection. That prunes the stage width (the residual
+# it adds to); LocalIntegration and MLP hidden channels are pruned by the graph as usual.
+CATM_PRUNING = PruningRule(
+    CATM,
+    unit_in=(Channels("qkv", "in"),),
+    unit_out=(Channels("qkv", "out", span=3), Channels("?_gate.0.body.0.*"), Channels("?_gate.0.body.1", "in"),
+              Channels("?_gate.1.fc"), Channels("?_gate.1.fc", "in"), Channels("dwc"), Channels("proj")),
+)
 # Quantization: rules in nas/quant_rules.yaml (catm: no activation-by-activation MatMul, division or softmax).
-@register_mixer("catm", pruning=(PruningRule(CATM, frozen=("*",)),))
+@register_mixer("catm", pruning=(CATM_PRUNING,))
 def catm_stage(spec: StageSpec) -> nn.Module:
     return nn.Sequential(*(AdditiveBlock(spec.width, spec.expand) for _ in range(spec.depth)))

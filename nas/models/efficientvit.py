@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from nas.arch import StageSpec
 from nas.models.blocks import ConvBN, MBConv, Residual
-from nas.models.registry import PruningRule, register_mixer
+from nas.models.registry import Channels, Inner, PruningRule, register_mixer
 
 LINEAR_ATTENTION_EPS = 1e-5
 
@@ -36,6 +36,11 @@ class LiteMLA(nn.Module):
             for s in scales
         )
         self.proj = ConvBN(dim * (1 + len(scales)), dim, 1)
+
+    @property
+    def heads(self) -> int:
+        """From the tensors (whole heads may have been pruned): qkv holds 3 x head_dim channels a head."""
+        return self.qkv.out_channels // (3 * self.head_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape
@@ -69,11 +74,20 @@ class EfficientViTBlock(nn.Module):
         return self.local(self.context(x))
 
 
-# Pruning: the attention internals (qkv 1x1, the DW + grouped 1x1 aggregators with groups = 3h, the
-# reshape to (heads, 3d, N)) keep their channels, so heads stay whole and the dependency graph never
-# indexes through that reshape. The MBConv FFN hidden channels and the stage's residual width (qkv
-# input, proj output) are pruned.
+# Pruning: the attention core is one unit of torch-pruning's dependency graph (it cannot follow the
+# reshape of the multi-scale concat into (heads, 3d, N) and the matmuls): its input (qkv conv input)
+# and output (proj) are the stage's residual width. Inside, whole heads go: head h owns 3d consecutive
+# channels of qkv and of every aggregator (DW 5x5, grouped 1x1 with groups 3h, whose groups shrink by
+# 3 a head) and d channels of proj's input in each scale's part; the head count is read from the
+# tensors in forward. The MBConv FFN hidden channels are pruned by the graph as usual.
+LITEMLA_PRUNING = PruningRule(
+    LiteMLA,
+    unit_in=(Channels("qkv", "in"),),
+    unit_out=(Channels("proj.*"),),
+    inner=(Inner((Channels("qkv", "out", span=3), Channels("aggregators.*", "out", span=3), Channels("proj.0", "in")),
+                 block="head_dim"),),
+)
 # Quantization: rules in nas/quant_rules.yaml (litemla).
-@register_mixer("litemla", pruning=(PruningRule(LiteMLA, frozen=("qkv", "aggregators.*")),))
+@register_mixer("litemla", pruning=(LITEMLA_PRUNING,))
 def litemla_stage(spec: StageSpec) -> nn.Module:
     return nn.Sequential(*(EfficientViTBlock(spec.width, spec.head_dim, spec.expand) for _ in range(spec.depth)))

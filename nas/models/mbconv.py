@@ -9,7 +9,8 @@ from nas.models.blocks import MBConv, Residual
 from nas.models.registry import register_mixer
 
 
-# Pruning: the expanded (hidden) channels; MBConv-only stages also their residual width.
+# Pruning: torch-pruning's graph follows MBConv as is (no rule): the expanded (hidden) channels and the
+# stage's residual width.
 # Quantization: rules in nas/quant_rules.yaml (mbconv).
 @register_mixer("mbconv")
 def mbconv_stage(spec: StageSpec) -> nn.Module:

@@ -24,6 +24,39 @@ StageBuilder = Callable[[StageSpec], nn.Module]
 
 
 @dataclass(frozen=True)
+class Channels:
+    """Where a channel set lives inside a module: in the layers (or bare parameters) whose names, relative
+    to the module, match the glob `layers`, on their output (`side="out"`), input (`"in"`) or, for a bare
+    parameter, tensor dim `side` (an int).
+
+    Unit channels (`PruningRule.unit_in/unit_out`): the set appears `span` times back to back (q|k|v
+    chunks of one 1x1 conv: span=3). Inner blocks (`Inner`): block b owns `span` x block consecutive
+    channels of the layer, and that pattern repeats over the layer's width (a projection reading the
+    heads of several scales, concatenated).
+    """
+
+    layers: str
+    side: str | int = "out"
+    span: int = 1
+
+
+@dataclass(frozen=True)
+class Inner:
+    """A channel set inside a unit that nothing outside it sees (attention heads, an MLP's hidden width).
+
+    Pruned by L2 magnitude at the pruning step's ratio, in whole blocks: `block` channels, or the value
+    of the module attribute it names (a head: `"head_dim"`), so whole heads go. `scope` (a glob) applies
+    the group separately to each submodule it matches ("" : the unit itself), `channels` relative to it.
+    Blocks are rounded like torch-pruning's round_to when `block` is 1.
+    """
+
+    channels: tuple[Channels, ...]
+    block: int | str = 1
+    scope: str = ""
+    min_blocks: int = 1
+
+
+@dataclass(frozen=True)
 class PruningRule:
     """torch-pruning rules for every instance of one module class.
 
@@ -31,12 +64,29 @@ class PruningRule:
     their output channels, unless they also match a `prunable` glob; `frozen=("*",)` freezes the
     whole module. `unwrapped` names bare parameters (not inside a layer) and the dim that holds their
     channels, so torch-pruning can follow them.
+
+    A *unit* (`unit_out` given): torch-pruning's dependency graph treats every instance as one node (a
+    customized pruner) instead of tracing through ops it cannot follow (a C->1 gate broadcast over C,
+    chunks into q/k/v, reshapes into heads, token gathers). Its input channels live where `unit_in`
+    says, its output channels where `unit_out` says; `coupled=True`: input and output are the same
+    channel set (a stage whose output is its input plus updates). `channel_groups` names the attribute
+    holding the number of equal channel groups (heads reshaped from contiguous blocks), so the width is
+    pruned by the same amount in every head. `inner` groups (heads, MLP hidden) are pruned too.
     """
 
     module: type[nn.Module]
     frozen: tuple[str, ...] = ()
     prunable: tuple[str, ...] = ()
     unwrapped: tuple[tuple[str, int], ...] = ()
+    unit_in: tuple[Channels, ...] = ()
+    unit_out: tuple[Channels, ...] = ()
+    coupled: bool = False
+    channel_groups: str | None = None
+    inner: tuple[Inner, ...] = ()
+
+    @property
+    def is_unit(self) -> bool:
+        return bool(self.unit_out)
 
     def frozen_layers(self, module: nn.Module) -> list[nn.Module]:
         def matches(name: str, globs: tuple[str, ...]) -> bool:
