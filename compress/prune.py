@@ -240,6 +240,15 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
     before = snapshot(original, resolution, evaluate(original, splits.val), before_ms, mixers)
     after = snapshot(model, resolution, evaluate(model, splits.val), after_ms, mixers)
     before["test_accuracy"], after["test_accuracy"] = evaluate(original, splits.test), evaluate(model, splits.test)
+    return save_pruned(target, model, history, before=before, after=after, pruned_accuracy=pruned_accuracy,
+                       target_ms=target_ms, epochs=epochs, distill=distill)
+
+
+def save_pruned(target: Target, model: nn.Module, history: list[PruneStep], *, before: dict[str, Any],
+                after: dict[str, Any], pruned_accuracy: float, target_ms: float | None, epochs: int,
+                distill: bool) -> dict[str, Any]:
+    """Write pruned/model.pt (whole module) and pruned/metrics.json (snapshots before/after, with their
+    per-block parameter counts); returns the metrics."""
     with atomic_path(target.pruned_path()) as tmp:
         torch.save(model, tmp)
     (target.int8_dir / "metrics.json").unlink(missing_ok=True)  # an INT8 of the previous pruned model is stale
@@ -247,13 +256,13 @@ def prune_target(target: Target, *, ratio: float | None = None, target_ms: float
         "ratio": history[-1].ratio, "steps": len(history), "target_ms": target_ms,
         "reached_target": None if target_ms is None else after["latency_ms"] <= target_ms,
         "fine_tune_epochs": epochs, "distill": distill, "weights": target.weights,
-        "accuracy_resolution": train_resolution,
-        "latency_resolution": resolution, "backend": target.backend, "threads": target.threads,
+        "accuracy_resolution": target.train_resolution,
+        "latency_resolution": target.target_resolution, "backend": target.backend, "threads": target.threads,
         "precision": target.precision,
         "before": before, "pruned_before_fine_tune_accuracy": pruned_accuracy, "after": after,
         "history": [asdict(h) for h in history], "model": str(target.pruned_path()),
         "note": "accuracy: PyTorch on the val split (test: reported only) at accuracy_resolution; "
-                "MACs/latency at the target resolution",
+                "MACs/latency at the target resolution; blocks: parameters per stage and per pruning unit",
     }
     write_json(target.pruned_dir / "metrics.json", metrics)
     return metrics
