@@ -209,9 +209,10 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
 
 
 def _fit_line(fit: dict[str, Any]) -> str:
-    rounds = ", ".join(f"x{r['multiplier']:g}: {r['median_ms']:.2f} ms" for r in fit["rounds"])
+    rounds = ", ".join(f"x{r['multiplier']:g}: {r['median_ms']:.2f} ms of {len(r['latencies_ms'])}"
+                       for r in fit["rounds"])
     return (f"- space fitted to this machine (nas.fit): stem and stage widths x{fit['multiplier']:g}; median latency "
-            f"of {len(fit['samples'])} random architectures per round: {rounds} (space_fitted.yaml)")
+            f"of random architectures per round: {rounds} (space_fitted.yaml)")
 
 
 def _halving_line(config: dict[str, Any], complete: list[FrozenTrial]) -> str:

@@ -49,9 +49,15 @@ def test_fit_brings_the_median_of_sampled_costs_into_the_band() -> None:
 
     as_written = fit_space(space, 10, 1e9, mmacs, samples=6).rounds[0]["median_ms"]
     for budget, widen in ((0.5 * as_written, False), (as_written / TARGET, None), (3.0 * as_written, True)):
-        fit = fit_space(space, 10, budget, mmacs, samples=6)
+        fit = fit_space(space, 10, budget, mmacs, samples=6, probe=3)
         target = TARGET * budget
-        assert fit.median_ms == min((r["median_ms"] for r in fit.rounds), key=lambda m: abs(math.log(m / target)))
+        # steering rounds time the first 3 draws; the chosen one (nearest the target then) is completed to 6
+        chosen = [r for r in fit.rounds if r["multiplier"] == fit.multiplier]
+        assert len(chosen) == 1 and len(chosen[0]["latencies_ms"]) == 6 and fit.median_ms == chosen[0]["median_ms"]
+        assert all(len(r["latencies_ms"]) == 3 for r in fit.rounds if r is not chosen[0])
+        probe_medians = [statistics.median(r["latencies_ms"][:3]) for r in fit.rounds]
+        assert statistics.median(chosen[0]["latencies_ms"][:3]) == min(probe_medians,
+                                                                       key=lambda m: abs(math.log(m / target)))
         if widen is None:
             assert fit.multiplier == 1.0 and len(fit.rounds) == 1
         else:
