@@ -22,6 +22,7 @@ from nas import faults
 from nas.arch import Arch
 from nas.atomic import atomic_path
 from nas.data import Splits
+from nas.export import reusing_conversions
 from nas.fidelity import MIN_PEERS, RungDecision, judge, rungs
 from nas.latency import LatencyCache, LatencyStats, MeasureSettings, Predictor, lookup, measure
 from nas.models import build_model
@@ -94,7 +95,8 @@ class Objective:
             return self.latency_source(arch, index, latency_key(arch.hash, s.latency_settings, index),
                                        lambda: here(index))
 
-        return decided_latency(once, s.budget_ms)
+        with reusing_conversions():  # a near-budget second measurement compiles afresh, without re-tracing
+            return decided_latency(once, s.budget_ms)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         faults.set_trial(trial.number)

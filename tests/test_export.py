@@ -37,3 +37,20 @@ def test_fast_conversion_gives_the_default_ir(mixer: str, tmp_path: Path) -> Non
     assert fast_bin == default_bin
     assert fast_xml == default_xml
     assert [tuple(i.get_partial_shape().to_shape()) for i in fast.inputs] == [(1, 3, RES, RES)]
+
+
+def test_reusing_conversions_traces_a_model_once_per_resolution(tmp_path: Path) -> None:
+    from nas.export import reusing_conversions
+
+    model = build_model(tiny_arch("catm")).eval()
+    traces = []
+    model.register_forward_hook(lambda *_: traces.append(1))
+    with reusing_conversions():
+        first = convert_openvino(model, RES)
+        second = convert_openvino(model, RES)
+        assert len(traces) == 1 and second is not first
+        assert _ir_text(second, tmp_path / "b.xml") == _ir_text(first, tmp_path / "a.xml")
+        convert_openvino(model, RES + 8)  # another resolution is another graph
+        assert len(traces) == 2
+    convert_openvino(model, RES)  # outside the block every call converts
+    assert len(traces) == 3
