@@ -132,16 +132,16 @@ def precision_of(exec_type: str) -> str:
     return "other"
 
 
-def block_of(node: str, mixers: list[str], previous: str) -> tuple[str, str]:
-    """(block kind, part) of an executed node from its module path; unnamed nodes inherit."""
-    match = _BLOCK.search(node)
+def block_of(path: str, mixers: list[str]) -> tuple[str, str]:
+    """(block kind, part) of a torch module path; '?' when there is none."""
+    match = _BLOCK.search(path)
     if not match:
-        return previous, "?"
+        return "?", "?"
     if match[1] in ("stem", "head"):
         return match[1], match[1]
     stage, sub = int(match[2]), int(match[3])
     kind = "downsample" if sub == 0 else mixers[stage]
-    rest = node[match.end():].lstrip(".").split("/", 1)[0].split(".")
+    rest = path[match.end():].lstrip(".").split("/", 1)[0].split(".")
     part = next((p for p in rest if not p.isdigit()), kind) if sub else "downsample"
     return kind, part
 
@@ -150,9 +150,12 @@ def profile_ir(path: str, hint: str, threads: int, iters: int, mixers: list[str]
     import numpy as np
 
     from nas.latency import ov_core
+    from nas.quantization import module_paths
 
     core = ov_core()
-    compiled = core.compile_model(core.read_model(path), "CPU", {
+    ov_model = core.read_model(path)
+    paths = module_paths(ov_model)  # folded-constant names (a conv named Multiply_12) -> their module
+    compiled = core.compile_model(ov_model, "CPU", {
         "PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
@@ -160,20 +163,24 @@ def profile_ir(path: str, hint: str, threads: int, iters: int, mixers: list[str]
     for _ in range(5):
         request.infer({0: data})
     per_node: dict[str, list[float]] = defaultdict(list)
-    meta: dict[str, tuple[str, str]] = {}
-    order: list[str] = []
+    meta: dict[str, tuple[str, str, bool]] = {}
+    order: list[str] = []  # every node, executed or fused away (NOT_RUN ones still carry module paths)
     for _ in range(iters):
         request.infer({0: data})
         for info in request.get_profiling_info():
-            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
-                if info.node_name not in meta:
-                    order.append(info.node_name)
-                    meta[info.node_name] = (info.node_type, info.exec_type)
-                per_node[info.node_name].append(info.real_time.total_seconds() * 1e3)
-    nodes, block = [], "stem"
-    for name in order:
-        node_type, exec_type = meta[name]
-        block, part = block_of(name, mixers, block)
+            if info.node_name not in meta:
+                order.append(info.node_name)
+                meta[info.node_name] = (info.node_type, info.exec_type, str(info.status).endswith(".EXECUTED"))
+            per_node[info.node_name].append(info.real_time.total_seconds() * 1e3)
+    known = [paths.get(n) or (n if "__module." in n else "") for n in order]
+    nodes = []
+    for i, name in enumerate(order):
+        node_type, exec_type, executed = meta[name]
+        if not executed:
+            continue
+        # a fused/renamed node (reorder, FakeQuantize subgraph): the next node with a path, else the last
+        where = known[i] or next((k for k in known[i:] if k), "") or next((k for k in reversed(known[:i]) if k), "")
+        block, part = block_of(where, mixers)
         nodes.append({"name": name, "type": node_type, "exec_type": exec_type,
                       "precision": precision_of(exec_type), "block": block, "part": part,
                       "ms": statistics.median(per_node[name])})
@@ -329,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--avx2", action="store_true", help="also profile with ONEDNN_MAX_CPU_ISA=AVX2")
     p.add_argument("--only-avx2", action="store_true", help="profile only with the AVX2 cap (merge into the JSON)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--note", default="", help="timing conditions to record (e.g. other work running niced)")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--precisions", nargs="+", default=None, help=argparse.SUPPRESS)
@@ -369,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         report["isa_seen"][label] = isa_check(results)
         report["mixer_tables"][label] = mixer_table(results)
         report["load"][label] = {"loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+    report["conditions"] = {"note": args.note, "machine_lock": os.environ.get("VITNAS_LOCK", "project default")}
     report.update(machine=machine, runtime=runtime_version("openvino"), resolution=args.resolution,
                   threads=args.threads, batch=1, iters=args.iters,
                   models={k: {kk: v[kk] for kk in ("arch_hash", "mixers", "rules_digest", "fake_quantize_ops")}

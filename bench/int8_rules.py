@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "cnn_residual_adds_float": {"model_type": "cnn", "quantize_residual_adds": False},
     "bias_correction_full": {"fast_bias_correction": False},
     "no_float_islands": None,
+    "stem_float": {"+stem": {"float_patterns": [".*"]}},  # every stem op float (high-res, few channels)
 }
 FAMILY_MODEL = {"catm": "casvit_baseline", "litemla": "efficientvit_baseline", "glsra": "cagevit_baseline",
                 "mbconv": "efficientvit_baseline"}
@@ -56,14 +57,16 @@ def log(message: str) -> None:
 
 
 def variant_rules(name: str) -> tuple[Any, bool]:
-    from nas.quant_rules import load_rules
+    from nas.quant_rules import load_rules, parse_rules
 
     base = load_rules()
     change = VARIANTS[name]
     if change is None:
         return base, False
-    families = {k: v.model_copy(update=change) for k, v in base.families.items()}
-    return base.model_copy(update={"families": families}), True
+    added = {k[1:]: v for k, v in change.items() if k.startswith("+")}  # "+stem": a new entry
+    update = {k: v for k, v in change.items() if not k.startswith("+")}
+    families = {k: {**v.model_dump(), **update} for k, v in base.families.items()} | added
+    return parse_rules({"families": families}, f"variant {name}"), True
 
 
 def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
@@ -87,10 +90,12 @@ def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, A
     from compress._target import load_splits
     from nas.data import calibration_subset
     from nas.export import convert_openvino
+    from nas.latency import supported_precisions
     from nas.models import build_model
     from nas.quantization import quantize_options
     from nas.runs import read_config
 
+    hints = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
     resolution = int(read_config(run)["space"]["resolution"]["proxy"])
     splits = load_splits(run.resolve(), resolution)
     calib = [image[None].numpy() for image in calibration_subset(splits, calibration)]
@@ -109,13 +114,16 @@ def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, A
             start = time.perf_counter()
             options, ignored = quantize_options(fp32, len(calib), keep_float, [s.mixer for s in arch.stages], rules)
             int8 = nncf.quantize(fp32, nncf.Dataset(calib), **options)
-            acc = {"val": top1(openvino_logits(int8, val[0], 2), val[1]),
-                   "test": top1(openvino_logits(int8, test[0], 2), test[1])}
-            row[variant] = {**acc, "val_drop_points": 100 * (row["fp32"]["val"] - acc["val"]),
+            seconds = time.perf_counter() - start
+            for hint in hints:  # the float islands at f32 (the project's int8) or bf16
+                key = variant if hint == "fp32" else f"{variant}@{hint}"
+                acc = {"val": top1(openvino_logits(int8, val[0], 2, hint), val[1]),
+                       "test": top1(openvino_logits(int8, test[0], 2, hint), test[1])}
+                row[key] = {**acc, "val_drop_points": 100 * (row["fp32"]["val"] - acc["val"]),
                             "test_drop_points": 100 * (row["fp32"]["test"] - acc["test"]),
-                            "float_ops": len(ignored), "quantize_s": time.perf_counter() - start}
-            log(f"{name} {variant}: val {100 * acc['val']:.2f}% (fp32 {100 * row['fp32']['val']:.2f}%), "
-                f"test {100 * acc['test']:.2f}%")
+                            "float_ops": len(ignored), "quantize_s": seconds}
+                log(f"{name} {key}: val {100 * acc['val']:.2f}% (fp32 {100 * row['fp32']['val']:.2f}%), "
+                    f"test {100 * acc['test']:.2f}%")
         out["models"][name] = row
     return out
 
@@ -152,7 +160,9 @@ def prepare_irs(run: Path, trial: int | None, workdir: Path, resolution: int) ->
     return manifest
 
 
-def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: list[str]) -> dict[str, Any]:
+def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: list[str],
+             int8_hints: list[str]) -> dict[str, Any]:
+    """benchmark_app medians: the FP32 IR at each float precision, every INT8 variant at each hint."""
     from bench.latency_bench import run_benchmark_app
 
     out: dict[str, Any] = {}
@@ -161,7 +171,9 @@ def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: l
         for precision in precisions:
             row[precision] = run_benchmark_app(Path(entry["fp32"]), threads, seconds, precision)
         for variant, path in entry["int8"].items():
-            row[f"int8:{variant}"] = run_benchmark_app(Path(path), threads, seconds, "f32")
+            for hint in int8_hints:
+                key = f"int8:{variant}" + ("" if hint == "f32" else f"@{hint}")
+                row[key] = run_benchmark_app(Path(path), threads, seconds, hint)
         out[name] = row
         log(f"{name}: " + ", ".join(f"{k} {v['median_ms']:.3f}" for k, v in row.items()))
     return out
@@ -199,16 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/vitnas-int8-rules"))
     p.add_argument("--prepare-only", action="store_true", help="quantize and measure accuracy, no timing")
     p.add_argument("--avx2", action="store_true", help="also time with ONEDNN_MAX_CPU_ISA=AVX2 (fp32 + INT8)")
+    p.add_argument("--only-avx2", action="store_true", help="time only with the AVX2 cap")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--note", default="", help="timing conditions to record (e.g. other work running niced)")
     p.add_argument("--time-worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--precisions", nargs="+", default=["fp32"], help=argparse.SUPPRESS)
+    p.add_argument("--int8-hints", nargs="+", default=None, choices=["f32", "bf16"],
+                   help="INT8 float-island precisions to time (default: f32, and bf16 where the CPU has it)")
     args = p.parse_args(argv)
 
     from nas.atomic import atomic_write
 
     if args.time_worker:  # child: the ISA cap must be in the environment before OpenVINO loads
         manifest = json.loads(args.time_worker.read_text())
-        result = time_all(manifest, args.threads, args.bench_seconds, args.precisions)
+        result = time_all(manifest, args.threads, args.bench_seconds, args.precisions, args.int8_hints)
         atomic_write(args.time_worker.with_suffix(".out.json"), json.dumps(result, indent=1))
         return 0
 
@@ -227,18 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         manifest = json.loads(manifest_path.read_text())
         native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
-        for label, isa, precisions in [("native", None, native)] + ([("avx2_emulated", "AVX2", ["fp32"])]
-                                                                      if args.avx2 else []):
+        hints = args.int8_hints or ["f32"] + (["bf16"] if "bf16" in native else [])
+        for label, isa, precisions, int8_hints in [("native", None, native, hints)] + (
+                [("avx2_emulated", "AVX2", ["fp32"], ["f32"])] if args.avx2 else []):
+            if args.only_avx2 and isa is None:
+                continue
             env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
             if isa:
                 env["ONEDNN_MAX_CPU_ISA"] = isa
             load = os.getloadavg()
             subprocess.run([sys.executable, "-m", "bench.int8_rules", "--run", str(args.run), "--time-worker",
                             str(manifest_path), "--threads", str(args.threads), "--bench-seconds",
-                            str(args.bench_seconds), "--precisions", *precisions], env=env, check=True,
+                            str(args.bench_seconds), "--precisions", *precisions, "--int8-hints", *int8_hints],
+                           env=env, check=True,
                            cwd=Path(__file__).resolve().parent.parent)
-            report["latency"][label] = json.loads(manifest_path.with_suffix(".out.json").read_text())
+            result = json.loads(manifest_path.with_suffix(".out.json").read_text())
+            for model, row in result.items():  # merged: timing may run in several holds of the quiet lock
+                report["latency"].setdefault(label, {}).setdefault(model, {}).update(row)
             report["load"][label] = {"loadavg_before": load, "loadavg_after": os.getloadavg()}
+    report["conditions"] = {"note": args.note, "machine_lock": os.environ.get("VITNAS_LOCK", "project default")}
     report.update(machine=machine, runtime=runtime_version("openvino"), resolution=args.resolution,
                   threads=args.threads, rules_digest=rules_digest(), max_drop_points=args.max_drop,
                   variants={k: ("keep_float off: every op quantized" if v is None else v) for k, v in VARIANTS.items()},

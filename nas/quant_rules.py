@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, fie
 from nas.errors import UserError
 
 RULES_FILE = Path(__file__).resolve().parent / "quant_rules.yaml"
+PSEUDO_FAMILIES = ("stem", "head")  # entries for the stem's / head's ops (their float rules only)
 
 
 @functools.cache
@@ -91,8 +92,9 @@ class RulesFile(BaseModel):
         from nas.mixers import mixer_names
 
         for name in families:
-            if name not in mixer_names():
-                raise ValueError(f"unknown family (mixer) {name!r}; known: {', '.join(mixer_names())}")
+            if name not in mixer_names() and name not in PSEUDO_FAMILIES:
+                raise ValueError(f"unknown family (mixer) {name!r}; known: "
+                                 f"{', '.join([*mixer_names(), *PSEUDO_FAMILIES])}")
         return families
 
     def family(self, mixer: str) -> FamilyRules:
@@ -101,7 +103,7 @@ class RulesFile(BaseModel):
 
     def lead(self, mixers: list[str] | None) -> FamilyRules:
         """The family whose model-wide settings a model with these stage mixers takes."""
-        present = set(self.families) if mixers is None else set(mixers)
+        present = (set(self.families) if mixers is None else set(mixers)) - set(PSEUDO_FAMILIES)
         return next((rules for name, rules in self.families.items() if name in present), FamilyRules())
 
     def digest(self) -> str:

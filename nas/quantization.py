@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.quant_rules import FamilyRules, RulesFile, load_rules
+from nas.quant_rules import PSEUDO_FAMILIES, FamilyRules, RulesFile, load_rules
 
 _PASS_THROUGH = {"Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze"}
 _STAGE = re.compile(r"__module\.stages\.(\d+)\.")
@@ -53,26 +53,45 @@ def rules_digest(rules: RulesFile | None = None) -> str:
     return (rules or load_rules()).digest()
 
 
-def _op_rules(name: str, mixers: list[str] | None, rules: RulesFile) -> list[FamilyRules]:
-    """The family rules that govern one op: its stage's family; all families when mixers are unknown."""
+def module_paths(ov_model: Any) -> dict[str, str]:
+    """op name -> the torch module path it came from. Ops named after a folded constant (a conv that
+    absorbed its BatchNorm is named `Multiply_123`) take the path of their first consumer that has one."""
+    paths: dict[str, str] = {}
+    for op in reversed(ov_model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        if "__module." in name:
+            paths[name] = name
+            continue
+        consumers = [t.get_node().get_friendly_name() for out in op.outputs() for t in out.get_target_inputs()]
+        paths[name] = next((paths[c] for c in consumers if paths.get(c)), "")
+    return paths
+
+
+def _op_rules(path: str, mixers: list[str] | None, rules: RulesFile) -> list[FamilyRules]:
+    """The rules that govern one op: the `stem`/`head` entry for their ops, else its stage's family
+    (all families when the mixers are unknown); none for an op outside every scope."""
+    for part in PSEUDO_FAMILIES:
+        if f"__module.{part}" in path:
+            return [rules.families[part]] if part in rules.families else []
     if mixers is None:
-        return list(rules.families.values())
-    match = _STAGE.match(name) or _STAGE.search(name)
+        return [r for name, r in rules.families.items() if name not in PSEUDO_FAMILIES]
+    match = _STAGE.search(path)
     if match and int(match[1]) < len(mixers):
         return [rules.family(mixers[int(match[1])])]
-    return []  # stem, head, folded-constant names: quantized
+    return []
 
 
 def float_ops(ov_model: Any, mixers: list[str] | None = None, rules: RulesFile | None = None) -> list[str]:
     """Names of the ops the rules keep float in this graph."""
     rules = rules or load_rules()
     lead = rules.lead(mixers)
+    paths = module_paths(ov_model)
     out = []
     for op in ov_model.get_ordered_ops():
         kind, name = op.get_type_name(), op.get_friendly_name()
         if kind in ("Constant", "Parameter", "Result"):
             continue
-        governing = _op_rules(name, mixers, rules)
+        governing = _op_rules(paths.get(name, ""), mixers, rules)
         matmul = kind == "MatMul" and _activations_only(op)
         if matmul and not governing:  # an attention MatMul outside any stage follows the lead family
             governing = [lead]

@@ -17,7 +17,7 @@ from nas.errors import UserError, run_cli
 from nas.export import convert_openvino
 from nas.models import build_model
 from nas.quant_rules import RULES_FILE, load_rules, parse_rules
-from nas.quantization import float_ops, mixers_of, quantize_openvino
+from nas.quantization import float_ops, mixers_of, module_paths, quantize_openvino
 
 RESOLUTION = 32
 
@@ -98,11 +98,11 @@ def _quantized(families: dict | None, tmp_path: Path):
                    for i in range(4)]
     ignored = float_ops(fp32, mixers_of(model), rules)
     int8 = quantize_openvino(fp32, calibration, mixers=mixers_of(model), rules=rules)
-    return {op.get_friendly_name(): op for op in int8.get_ordered_ops()}, set(ignored), rules
+    return {op.get_friendly_name(): op for op in int8.get_ordered_ops()}, set(ignored), fp32, mixers_of(model)
 
 
 def test_int8_model_keeps_exactly_the_rules_float_ops(tmp_path: Path) -> None:
-    ops, ignored, rules = _quantized(None, tmp_path)
+    ops, ignored, _, _ = _quantized(None, tmp_path)
     assert ignored and all(name in ops for name in ignored)
     kinds = {ops[name].get_type_name() for name in ignored}
     # every float op the rules name: a glsra TopK/Softmax/Divide, the litemla Divide, attention MatMuls
@@ -117,14 +117,27 @@ def test_int8_model_keeps_exactly_the_rules_float_ops(tmp_path: Path) -> None:
     assert not [n for n in ignored if "__module.stages.1." in n]
 
 
-def test_residual_add_rule_is_per_family(tmp_path: Path) -> None:
+def test_residual_add_and_stem_rules(tmp_path: Path) -> None:
+    """Residual adds float in catm stages only; a `stem` entry keeps the stem's convs float, including
+    those named after the BatchNorm constant they absorbed (attributed through their consumers)."""
     families = {name: r.model_dump() for name, r in load_rules().families.items()}
     families["catm"]["quantize_residual_adds"] = False
-    ops, ignored, _ = _quantized(families, tmp_path)
-    model = build_model(hybrid()).eval()
-    by_file = set(float_ops(convert_openvino(model, RESOLUTION), mixers_of(model)))
+    families["stem"] = {"float_patterns": [".*"]}
+    ops, ignored, fp32, mixers = _quantized(families, tmp_path)
+    by_file = set(float_ops(fp32, mixers))  # the same graph (generated op names differ between conversions)
+    paths = module_paths(fp32)
+    stem = {n for n in ignored - by_file if paths[n].startswith("__module.stem")}
+    stem_convs = [n for n in stem if ops[n].get_type_name() in ("Convolution", "GroupConvolution")]
+    assert stem_convs and any("__module." not in n for n in stem_convs), stem_convs
+    for name in stem_convs:
+        assert not _fq_inputs(ops[name]), name
+    first_stage_conv = [n for n, op in ops.items() if op.get_type_name() == "Convolution"
+                        and paths.get(n, "").startswith("__module.stages.0.")]
+    assert first_stage_conv and all(_fq_inputs(ops[n]) for n in first_stage_conv)
+    ignored -= stem
     adds = sorted(ignored - by_file)  # what the changed rule adds to the float ops: catm's residual adds only
     assert adds and all(ops[n].get_type_name() == "Add" and "__module.stages.1." in n for n in adds), adds
+    assert {"__module.stages.1.1.0/aten::add/Add", "__module.stages.1.1.0/aten::add/Add_1"} <= set(adds)
     for name in adds:
         assert not _fq_inputs(ops[name])
 
