@@ -232,21 +232,25 @@ def worker(manifest_path: Path, out_path: Path, precisions: list[str], threads: 
     out: dict[str, Any] = {}
     for name, entry in manifest.items():
         for precision in precisions:
-            ir = entry["int8_ir" if precision == "int8" else "fp32_ir"]
-            hint = openvino_precision_config(precision)["INFERENCE_PRECISION_HINT"]
+            # int8@bf16: the INT8 IR with its float islands in bf16 (no nas.latency precision runs that)
+            base, _, island = precision.partition("@")
+            ir = entry["int8_ir" if base == "int8" else "fp32_ir"]
+            hint = openvino_precision_config(island or base)["INFERENCE_PRECISION_HINT"]
             row = {"ir": ir, "hint": hint}
             try:
                 row["profile"] = profile_ir(ir, hint, threads, iters, entry["mixers"])
-                stats = measure_ir(ir, "openvino", threads, precision=precision, settings=settings)
-                row["ours"] = {"estimate_ms": stats.estimate_ms, "median_ms": stats.median_ms,
-                               "pass_cv": stats.pass_cv, "others_cpu": stats.others_cpu}
+                if not island:
+                    stats = measure_ir(ir, "openvino", threads, precision=precision, settings=settings)
+                    row["ours"] = {"estimate_ms": stats.estimate_ms, "median_ms": stats.median_ms,
+                                   "pass_cv": stats.pass_cv, "others_cpu": stats.others_cpu}
                 row["benchmark_app"] = run_benchmark_app(Path(ir), threads, bench_seconds, hint)
             except Exception as exc:  # e.g. bf16 under the AVX2 cap: recorded, not fatal
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[-1] if str(exc) else ''}"
             out.setdefault(name, {})[precision] = row
             log(f"  {name} {precision}: "
-                + (row.get("error") or f"ours {row['ours']['estimate_ms']:.3f} ms, benchmark_app "
-                   f"{row['benchmark_app']['median_ms']:.3f} ms, profiled {row['profile']['total_ms']:.3f} ms"))
+                + (row.get("error") or f"ours {row.get('ours', {}).get('estimate_ms', float('nan')):.3f} ms, "
+                   f"benchmark_app {row['benchmark_app']['median_ms']:.3f} ms, "
+                   f"profiled {row['profile']['total_ms']:.3f} ms"))
     atomic_write(out_path, json.dumps(out, indent=1))
 
 
@@ -293,6 +297,8 @@ def mixer_table(results: dict[str, Any]) -> dict[str, Any]:
             entry["int8/fp32"] = row["int8"] / row["fp32"]
         if row.get("bf16") and row.get("int8"):
             entry["int8/bf16"] = row["int8"] / row["bf16"]
+        if row.get("bf16") and row.get("int8@bf16"):
+            entry["int8@bf16/bf16"] = row["int8@bf16"] / row["bf16"]
         out[block] = entry
     return out
 
@@ -300,19 +306,19 @@ def mixer_table(results: dict[str, Any]) -> dict[str, Any]:
 def print_tables(report: dict[str, Any]) -> None:
     for label, results in report["runs"].items():
         print(f"\n== {label} ==  ({report['isa_labels'][label]})")
-        print(f"{'model':22s} {'prec':5s} {'ours ms':>8s} {'b_app ms':>8s} {'prof ms':>8s} {'FQ/Reorder':>10s} "
+        print(f"{'model':22s} {'prec':9s} {'ours ms':>8s} {'b_app ms':>8s} {'prof ms':>8s} {'FQ/Reorder':>10s} "
               f"{'float ops':>9s}  int8 / fp32, int8 / bf16 (benchmark_app)")
         for name, per_model in results.items():
             for precision, row in per_model.items():
                 if "error" in row:
-                    print(f"{name:22s} {precision:5s} {row['error'][:70]}")
+                    print(f"{name:22s} {precision:9s} {row['error'][:70]}")
                     continue
                 p = row["profile"]
                 ratio = ""
-                if precision == "int8":
+                if precision.startswith("int8"):
                     b = {k: v.get("benchmark_app", {}).get("median_ms") for k, v in per_model.items()}
-                    ratio = "  " + ", ".join(f"{b['int8'] / b[k]:.2f}" for k in ("fp32", "bf16") if b.get(k))
-                print(f"{name:22s} {precision:5s} {row['ours']['estimate_ms']:8.3f} "
+                    ratio = "  " + ", ".join(f"{b[precision] / b[k]:.2f}" for k in ("fp32", "bf16") if b.get(k))
+                print(f"{name:22s} {precision:9s} {row.get('ours', {}).get('estimate_ms', float('nan')):8.3f} "
                       f"{row['benchmark_app']['median_ms']:8.3f} {p['total_ms']:8.3f} "
                       f"{p['quantize_overhead_ms']:10.3f} {len(p['float_compute_ops']):9d}{ratio}")
         print(f"\nper block kind, all models summed (profiled ms)  [{label}]")
@@ -363,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(out_path.read_text()) if args.only_avx2 and out_path.exists() else {
         "runs": {}, "isa_labels": {}, "isa_seen": {}, "mixer_tables": {}, "load": {}}
     float_native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
-    plan = ([] if args.only_avx2 else [("native", None, [*float_native, "int8"])]) + \
+    island = ["int8@bf16"] if "bf16" in float_native else []
+    plan = ([] if args.only_avx2 else [("native", None, [*float_native, "int8", *island])]) + \
         ([("avx2_emulated", "AVX2", ["fp32", "int8"])] if args.avx2 or args.only_avx2 else [])
     labels = {"native": f"native ISA of {machine['cpu']}",
               "avx2_emulated": "AVX2 emulated on the Xeon (ONEDNN_MAX_CPU_ISA=AVX2: oneDNN kernels capped; "

@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "bias_correction_full": {"fast_bias_correction": False},
     "no_float_islands": None,
     "stem_float": {"+stem": {"float_patterns": [".*"]}},  # every stem op float (high-res, few channels)
+    "depthwise_float": {"float_types+": ["GroupConvolution"], "+stem": {"float_types": ["GroupConvolution"]}},
 }
 FAMILY_MODEL = {"catm": "casvit_baseline", "litemla": "efficientvit_baseline", "glsra": "cagevit_baseline",
                 "mbconv": "efficientvit_baseline"}
@@ -64,8 +65,10 @@ def variant_rules(name: str) -> tuple[Any, bool]:
     if change is None:
         return base, False
     added = {k[1:]: v for k, v in change.items() if k.startswith("+")}  # "+stem": a new entry
-    update = {k: v for k, v in change.items() if not k.startswith("+")}
-    families = {k: {**v.model_dump(), **update} for k, v in base.families.items()} | added
+    update = {k: v for k, v in change.items() if not k.startswith("+") and not k.endswith("+")}
+    extra = change.get("float_types+", [])  # appended to every family's float op types
+    families = {k: {**v.model_dump(), **update, "float_types": [*v.float_types, *extra]}
+                for k, v in base.families.items()} | added
     return parse_rules({"families": families}, f"variant {name}"), True
 
 
@@ -81,13 +84,14 @@ def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
     return out
 
 
-def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, Any]:
+def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path) -> dict[str, Any]:
     """Val/test top-1 of the FP32 and every variant's INT8 OpenVINO model at the proxy resolution."""
     import nncf
     import torch
 
     from compress._runtime import openvino_logits, top1, validation_batch
     from compress._target import load_splits
+    from nas.atomic import atomic_write
     from nas.data import calibration_subset
     from nas.export import convert_openvino
     from nas.latency import supported_precisions
@@ -102,6 +106,8 @@ def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, A
     val, test = validation_batch(splits.val), validation_batch(splits.test)
     out: dict[str, Any] = {"resolution": resolution, "val_images": len(val[1]), "test_images": len(test[1]),
                            "calibration_images": len(calib), "models": {}}
+    cache_path = workdir / "accuracy_cache.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for name, (arch, weights) in trained_models(run, trial).items():
         model = build_model(arch)
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -111,6 +117,10 @@ def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, A
             "test": top1(openvino_logits(fp32, test[0], 2), test[1])}}
         for variant in VARIANTS:
             rules, keep_float = variant_rules(variant)
+            cache_key = f"{name}|{weights}|{rules.digest()}|{keep_float}|{len(calib)}"
+            if cache_key in cache:
+                row.update(cache[cache_key])
+                continue
             start = time.perf_counter()
             options, ignored = quantize_options(fp32, len(calib), keep_float, [s.mixer for s in arch.stages], rules)
             int8 = nncf.quantize(fp32, nncf.Dataset(calib), **options)
@@ -124,6 +134,8 @@ def accuracy_part(run: Path, trial: int | None, calibration: int) -> dict[str, A
                             "float_ops": len(ignored), "quantize_s": seconds}
                 log(f"{name} {key}: val {100 * acc['val']:.2f}% (fp32 {100 * row['fp32']['val']:.2f}%), "
                     f"test {100 * acc['test']:.2f}%")
+            cache[cache_key] = {k: row[k] for k in (variant, f"{variant}@bf16") if k in row}
+            atomic_write(cache_path, json.dumps(cache))
         out["models"][name] = row
     return out
 
@@ -180,7 +192,8 @@ def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: l
 
 
 def choose(report: dict[str, Any], max_drop: float) -> dict[str, Any]:
-    """Per family: the fastest variant (native benchmark_app) within max_drop val points."""
+    """Per family: the fastest variant (native benchmark_app median) within max_drop val points, with
+    the float islands at f32 (the project's int8 today) and, separately, at bf16."""
     timing, acc = report["latency"].get("native", {}), report.get("accuracy", {}).get("models", {})
     choice = {}
     for family, model in FAMILY_MODEL.items():
@@ -188,14 +201,21 @@ def choose(report: dict[str, Any], max_drop: float) -> dict[str, Any]:
             continue
         rows = []
         for variant in VARIANTS:
-            ms = timing[model].get(f"int8:{variant}", {}).get("median_ms")
-            a = acc[model].get(variant, {})
-            rows.append({"variant": variant, "median_ms": ms, "val_drop_points": a.get("val_drop_points"),
-                         "test_drop_points": a.get("test_drop_points"),
-                         "within": a.get("val_drop_points") is not None and a["val_drop_points"] <= max_drop})
-        ok = [r for r in rows if r["within"] and r["median_ms"]]
-        best = min(ok, key=lambda r: r["median_ms"]) if ok else None
-        choice[family] = {"model": model, "chosen": best and best["variant"], "candidates": rows}
+            for island in ("", "@bf16"):
+                ms = timing[model].get(f"int8:{variant}{island}", {}).get("median_ms")
+                a = acc[model].get(f"{variant}{island}", {})
+                if ms is None and not a:
+                    continue
+                rows.append({"variant": variant + island, "median_ms": ms,
+                             "vs_fp32": ms and ms / timing[model]["fp32"]["median_ms"],
+                             "vs_bf16": ms and "bf16" in timing[model] and ms / timing[model]["bf16"]["median_ms"],
+                             "val_drop_points": a.get("val_drop_points"), "test_drop_points": a.get("test_drop_points"),
+                             "within": a.get("val_drop_points") is not None and a["val_drop_points"] <= max_drop})
+        out = {"model": model, "candidates": rows}
+        for key, island in (("chosen", False), ("chosen_bf16_islands", True)):
+            ok = [r for r in rows if r["within"] and r["median_ms"] and r["variant"].endswith("@bf16") == island]
+            out[key] = min(ok, key=lambda r: r["median_ms"])["variant"] if ok else None
+        choice[family] = out
     return choice
 
 
@@ -212,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare-only", action="store_true", help="quantize and measure accuracy, no timing")
     p.add_argument("--avx2", action="store_true", help="also time with ONEDNN_MAX_CPU_ISA=AVX2 (fp32 + INT8)")
     p.add_argument("--only-avx2", action="store_true", help="time only with the AVX2 cap")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the JSON from the workdir's parts")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="", help="timing conditions to record (e.g. other work running niced)")
     p.add_argument("--time-worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -235,13 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe_machine()
     out_path = args.out or RESULTS / f"int8_rules_{cpu_slug(machine)}.json"
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report = json.loads(out_path.read_text()) if out_path.exists() else {"latency": {}, "load": {}}
+    report: dict[str, Any] = {"latency": {}, "load": {}}  # rebuilt from the workdir's parts on every call
+    if (args.workdir / "accuracy.json").exists():
+        report["accuracy"] = json.loads((args.workdir / "accuracy.json").read_text())
+    elif out_path.exists() and "accuracy" in json.loads(out_path.read_text()):
+        report["accuracy"] = json.loads(out_path.read_text())["accuracy"]
     manifest_path = args.workdir / "manifest.json"
     if args.prepare_only:
         atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution)))
-        report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration)
-    else:
-        manifest = json.loads(manifest_path.read_text())
+        report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration, args.workdir)
+        atomic_write(args.workdir / "accuracy.json", json.dumps(report["accuracy"]))
+    elif not args.report_only:
         native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
         hints = args.int8_hints or ["f32"] + (["bf16"] if "bf16" in native else [])
         for label, isa, precisions, int8_hints in [("native", None, native, hints)] + (
@@ -258,9 +283,15 @@ def main(argv: list[str] | None = None) -> int:
                            env=env, check=True,
                            cwd=Path(__file__).resolve().parent.parent)
             result = json.loads(manifest_path.with_suffix(".out.json").read_text())
-            for model, row in result.items():  # merged: timing may run in several holds of the quiet lock
-                report["latency"].setdefault(label, {}).setdefault(model, {}).update(row)
-            report["load"][label] = {"loadavg_before": load, "loadavg_after": os.getloadavg()}
+            tag = f"{label}_{'-'.join(int8_hints)}"  # timing runs in several holds of the quiet lock
+            atomic_write(args.workdir / f"latency_{tag}.json", json.dumps(
+                {"label": label, "rows": result, "load": {"loadavg_before": load, "loadavg_after": os.getloadavg()},
+                 "note": args.note}))
+    for path in sorted(args.workdir.glob("latency_*.json")):  # every hold so far, whatever ran last
+        part = json.loads(path.read_text())
+        for model, row in part["rows"].items():
+            report["latency"].setdefault(part["label"], {}).setdefault(model, {}).update(row)
+        report["load"][path.stem.removeprefix("latency_")] = {**part["load"], "note": part.get("note", "")}
     report["conditions"] = {"note": args.note, "machine_lock": os.environ.get("VITNAS_LOCK", "project default")}
     report.update(machine=machine, runtime=runtime_version("openvino"), resolution=args.resolution,
                   threads=args.threads, rules_digest=rules_digest(), max_drop_points=args.max_drop,
@@ -284,7 +315,7 @@ def print_summary(report: dict[str, Any]) -> None:
             print(f"{model:22s} " + "  ".join(f"{k} {v:.3f}" for k, v in base.items()))
             for key, stats in row.items():
                 if key.startswith("int8:"):
-                    variant = key.split(":", 1)[1]
+                    variant = key.split(":", 1)[1]  # e.g. stem_float@bf16
                     a = acc.get(model, {}).get(variant, {})
                     ratios = " ".join(f"/{k} {stats['median_ms'] / v:.2f}" for k, v in base.items())
                     drop = (f" val drop {a['val_drop_points']:+.2f} test drop {a['test_drop_points']:+.2f}"
@@ -294,7 +325,8 @@ def print_summary(report: dict[str, Any]) -> None:
         for model, row in acc.items():
             print(model, {k: round(100 * v["val"], 2) for k, v in row.items() if isinstance(v, dict) and "val" in v})
     for family, c in report.get("choice", {}).items():
-        print(f"{family}: chosen {c['chosen']} (on {c['model']})")
+        print(f"{family}: chosen {c['chosen']} (f32 islands), {c['chosen_bf16_islands']} (bf16 islands) "
+              f"on {c['model']}")
 
 
 if __name__ == "__main__":
