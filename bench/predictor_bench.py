@@ -4,13 +4,15 @@ For architectures sampled from the default space and from search_spaces/wide.yam
 about 3x the 5 ms budget; all-attention architectures added on purpose), compare the predictor
 (nas.latency.load_predictor, calibrated by `python -m nas.latency --calibrate --space ...`) with
 the measured quiet-machine estimate (nas.latency.measure, default settings, no cache): share within
-+-5% and +-10%, RMSE, Spearman, 99th percentile of the relative error. Writes
-bench/results/predictor_<cpu>.json with the machine description and the load while measuring.
++-5% and +-10%, RMSE, Spearman, 99th percentile of the relative error. Each precision is a section
+of bench/results/predictor_<cpu>.json (a run of one precision keeps the other's section), with the
+machine description and the load while measuring.
 
     python -m nas.latency --calibrate --space search_spaces/default.yaml --space search_spaces/wide.yaml
-    python -m bench.predictor_bench                  # ~8 min: 40 + 40 archs
-    python -m bench.predictor_bench --per-space 5    # a smoke run
-Run both inside a quiet window (nothing else busy on the machine).
+    python -m bench.predictor_bench                  # ~6 min: 20 + 20 + 8 archs
+    python -m nas.latency --calibrate --precision int8 --space ... --space ...
+    python -m bench.predictor_bench --precision int8 --per-space 8 --attention 4
+Run them inside a quiet window (nothing else busy on the machine).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if __package__ in (None, ""):  # `python bench/predictor_bench.py`: make `nas` i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.arch import Arch
+from nas.atomic import atomic_write
 from nas.latency import default_threads, describe_machine, load_predictor, measure
 from nas.latency._predictor import sample_archs
 from nas.mixers import mixer_info
@@ -84,21 +87,55 @@ def _say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def search_check(run_dir: Path, wall_s: float) -> dict[str, Any]:
+    """Where a finished search's wall time went (its trials.csv): trials over budget (measured, or
+    rejected by prediction unbuilt) against the whole wall time `wall_s` of the search command."""
+    import csv
+
+    with open(run_dir / "trials.csv", newline="", encoding="utf-8") as handle:
+        trials = [t for t in csv.DictReader(handle) if t["state"] == "COMPLETE"]
+    rejected = [t for t in trials if t["stop_reason"].startswith("rejected by prediction")]
+    measured_over = [t for t in trials if t["feasible"].lower() in ("false", "0", "no")
+                     and not t["stop_reason"].startswith("rejected by prediction")]
+    over_s = sum(float(t["seconds"] or 0) for t in rejected + measured_over)
+    summary = (run_dir / "summary.md").read_text(encoding="utf-8") if (run_dir / "summary.md").is_file() else ""
+    return {"run": str(run_dir), "wall_seconds": wall_s, "trials": len(trials),
+            "rejected_by_prediction": len(rejected), "measured_over_budget": len(measured_over),
+            "seconds_on_over_budget": round(over_s, 2), "share_of_wall_time": over_s / wall_s,
+            "rejected_seconds_max": max((float(t["seconds"] or 0) for t in rejected), default=None),
+            "rejected_seconds_mean": (sum(float(t["seconds"] or 0) for t in rejected) / len(rejected)
+                                      if rejected else None),
+            "summary_lines": [line for line in summary.splitlines() if "rejected" in line or "budget" in line]}
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
     from nas.models import build_model
 
     p = argparse.ArgumentParser(prog="python -m bench.predictor_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-space", type=int, default=40, help="held-out archs drawn per space (default 40)")
+    p.add_argument("--per-space", type=int, default=20, help="held-out archs drawn per space (default 20)")
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or int8 (NNCF-quantized IR)")
     p.add_argument("--attention", type=int, default=8, help="extra all-attention archs from the wide space")
     p.add_argument("--threads", type=int, default=None, help=f"timing threads (default all cores, here "
                                                             f"{default_threads()})")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/predictor_<cpu>.json)")
+    p.add_argument("--search-run", type=Path, default=None,
+                   help="instead: record where a finished search's wall time went (its run folder)")
+    p.add_argument("--search-wall-s", type=float, default=None, help="with --search-run: the search's wall seconds")
+    p.add_argument("--search-note", default="", help="with --search-run: how the search was run")
     args = p.parse_args(argv)
+    if args.search_run is not None:
+        machine = describe_machine()
+        out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
+        result = json.loads(out.read_text()) if out.is_file() else {"machine": machine}
+        result["search"] = {**search_check(args.search_run, args.search_wall_s), "note": args.search_note}
+        atomic_write(out, json.dumps(result, indent=1))
+        print(json.dumps(result["search"], indent=1))
+        return 0
     threads = args.threads or default_threads()
-    predictor = load_predictor(threads=threads, resolution=args.resolution)
+    predictor = load_predictor(threads=threads, resolution=args.resolution, precision=args.precision)
     calibration = set(predictor.archs)
     sets: dict[str, list[Arch]] = {}
     for i, (name, path) in enumerate((("default", DEFAULT_SPACE), ("wide", WIDE_SPACE))):
@@ -117,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             prediction = predictor.predict(arch)
             predict_s = time.perf_counter() - t0
-            stats = measure(build_model(arch), args.resolution, "openvino", threads)
+            stats = measure(build_model(arch), args.resolution, "openvino", threads, precision=args.precision)
             row = {"space": name, "arch_hash": arch.hash, "all_attention": all_attention(arch),
                    "mixers": [s.mixer for s in arch.stages], "predicted_ms": prediction.ms,
                    "measured_ms": stats.ms, "relative_error": prediction.ms / stats.ms - 1.0,
@@ -125,19 +162,23 @@ def main(argv: list[str] | None = None) -> int:
                    "others_cpu": stats.others_cpu, "loaded": bool(getattr(stats, "loaded", False)),
                    "unsteady": stats.unsteady, "arch": arch.to_dict()}
             rows.append(row)
-            _say(f"{name} {index + 1}/{len(archs)} {arch.hash}: predicted {prediction.ms:.2f} ms, measured "
-                 f"{stats.ms:.2f} ms ({100 * row['relative_error']:+.1f}%)")
+            _say(f"{args.precision} {name} {index + 1}/{len(archs)} {arch.hash}: predicted {prediction.ms:.2f} ms, "
+                 f"measured {stats.ms:.2f} ms ({100 * row['relative_error']:+.1f}%)")
     load_after = os.getloadavg()
-    summary = {name: metrics([r for r in rows if r["space"] == name]) for name in sets}
-    summary["all_attention"] = metrics([r for r in rows if r["all_attention"]])
-    summary["all"] = metrics(rows)
-    result = {
-        "machine": describe_machine(),
-        "settings": {"backend": "openvino", "precision": "fp32", "threads": threads, "resolution": args.resolution,
+    # A measurement other processes kept loaded throughout is no quiet-machine estimate: kept in the
+    # rows (flagged), left out of the metrics.
+    quiet = [r for r in rows if not r["loaded"]]
+    summary = {name: metrics([r for r in quiet if r["space"] == name]) for name in sets}
+    summary["all_attention"] = metrics([r for r in quiet if r["all_attention"]])
+    summary["all"] = metrics(quiet)
+    section = {
+        "settings": {"backend": "openvino", "precision": args.precision, "threads": threads,
+                     "resolution": args.resolution,
                      "per_space": args.per_space, "attention_extra": args.attention, "seed": SEED,
                      "measure": "nas.latency.measure, default MeasureSettings, no cache (quiet-machine estimate)"},
         "load": {"loadavg_before": load_before, "loadavg_after": load_after,
-                 "max_others_cpu": summary["all"].get("max_others_cpu"),
+                 "max_others_cpu_in_metrics": summary["all"].get("max_others_cpu"),
+                 "max_others_cpu": max((r["others_cpu"] or 0.0) for r in rows),
                  "loaded_measurements": sum(r["loaded"] for r in rows)},
         "seconds": round(time.time() - started, 1),
         "predictor": {"runtime_version": predictor.runtime_version, "machine": predictor.machine,
@@ -148,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "rows": rows,
     }
-    out = args.out or RESULTS / f"predictor_{cpu_slug(result['machine'])}.json"
+    machine = describe_machine()
+    out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    if "precisions" not in result:  # a file of the one-precision layout: start afresh
+        result = {key: value for key, value in result.items() if key == "search"}
+    result.setdefault("precisions", {})[args.precision] = section
+    result["machine"] = machine
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    atomic_write(out, json.dumps(result, indent=1))
     print(f"{'set':<14}{'archs':>6}{'+-5%':>8}{'+-10%':>8}{'RMSE ms':>9}{'Spearman':>10}{'p99 |e|':>9}")
     for name, m in summary.items():
         if m["archs"]:

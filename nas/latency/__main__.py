@@ -64,9 +64,22 @@ def _parser() -> argparse.ArgumentParser:
                       help="predict the latency of --preset/--arch from the calibration, without building it")
     p.add_argument("--space", type=Path, action="append", default=None,
                    help="--calibrate: search space YAML whose units to time (repeatable; default: the default space)")
+    p.add_argument("--widths", type=_widths, default=None,
+                   help="--calibrate: width multipliers the spaces are drawn at, comma-separated (default: 1 with "
+                        "--space; 1,1.5 for the default space, the range a search fits it to for 2-5 ms budgets)")
     p.add_argument("--predictor", type=Path, default=None,
                    help="predictor file (default: the calibration for these settings beside the cache)")
     return p
+
+
+def _widths(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--widths takes comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0.25 <= v <= 4.0 for v in values):
+        raise UserError(f"--widths must lie in [0.25, 4], got {text!r}")
+    return values
 
 
 def _load_arch(args: argparse.Namespace):
@@ -121,8 +134,8 @@ def _predictor_command(args: argparse.Namespace, cache: LatencyCache | None) -> 
     precision = args.precision or DEFAULT_PRECISION
     if args.calibrate:
         return calibrate_command(args.space, backend=args.backend, threads=args.threads, resolution=args.resolution,
-                                 precision=precision, cache=cache, quick=args.quick, refresh=args.refresh,
-                                 path=args.predictor, quiet=args.quiet)
+                                 precision=precision, cache=cache, quick=args.quick, path=args.predictor,
+                                 quiet=args.quiet, widths=args.widths)
     if args.ir is not None:
         raise UserError("--predict takes --preset or --arch (the predictor reads the architecture, not a file)")
     arch = _load_arch(args)

@@ -1,19 +1,24 @@
 """Latency predictor: an architecture's latency from its `Arch` alone, without building or converting it.
 
-An architecture is cut into units (the stem, each stage's downsampling, each stage body block, the
-head) at their exact input shapes. Calibration (`calibrate`) times every unit a search space can
-produce as its own small OpenVINO network (cached in the latency cache under `unit:<digest>` keys),
-fits a per-kind regression on analytic features (MACs, activation elements) for units it has not
-timed, then measures a few whole sampled architectures and fits a whole-network correction
+An architecture is cut into units (the stem, each stage's downsampling, each stage's body of
+`depth` blocks, the head) at their exact input shapes. Units timed alone run differently from
+inside a network (other layouts, reorders and kernels), so calibration (`calibrate`) times them IN
+CONTEXT: whole sampled networks are compiled with OpenVINO's per-node profiling and each node's
+time is attributed to its unit (nas.latency._incontext). From those in-context unit times it fits
+per-group regressions (group: the unit kind and its mixer, downsampling or stem/head kind) on
+analytic features (blocks, MACs, activation elements); a unit seen in calibration uses its mean
+in-context time. The networks are also timed as the search times them, and a whole-network
+correction maps the sum of unit times to that latency
 
-    latency = a * sum(unit ms) + b * units + c
+    latency = a * sum(unit ms) + c
 
-(an isolated unit pays its own per-inference overhead and input/output reorders; a network pays
-them once). Prediction is a few dictionary lookups: no torch, well under a millisecond.
+(profiling overhead, the nodes no unit owns). Prediction is a few dictionary lookups and small dot
+products: no torch, well under a millisecond.
 
 The calibration is saved as JSON under the cache directory, one file per (backend, threads,
 precision, resolution), and carries the runtime version and machine fingerprint it was measured
 with: `load_predictor` refuses a file from another runtime or machine (UserError, one line).
+The in-context samples are kept in the file, so the fit can be redone (`refit`) without timing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -39,20 +43,19 @@ from nas.latency import _backends as backends
 from nas.latency._cache import LatencyCache, default_cache_path
 from nas.latency._machine import machine_id
 from nas.latency._precision import DEFAULT_PRECISION, check_precision
-from nas.latency._stats import CacheKey
 from nas.latency._timing import MeasureSettings
 from nas.mixers import mixer_info
 
-PREDICTOR_SCHEMA = 1
+PREDICTOR_SCHEMA = 2
 CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with start-up and saving
-CALIBRATION_ARCHS = 20  # whole architectures for the network-level correction
-# Units are small (0.02-1 ms): short passes are enough, and hundreds of them must fit the budget, so
-# they do not wait for a quiet CPU (calibrate in a quiet window); a unit timed while other processes
-# used more than UNIT_OTHERS_LIMIT cores is timed once more and the faster figure kept.
-UNIT_SETTINGS = MeasureSettings(warmup_iters=5, warmup_seconds=0.05, passes=3, min_samples=20,
-                                min_seconds_per_pass=0.05, max_seconds_per_pass=0.3, max_retries=1,
-                                max_others_cpu=0.0)
-UNIT_OTHERS_LIMIT = 0.3
+CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
+# Whole networks are timed like the search times them, a little shorter (the correction averages
+# over many): 3 passes instead of 5, at most 20 s waiting for a quiet CPU (the time is budgeted).
+# Their profiles wait the same way; a network profiled or timed while other processes kept the CPU
+# busy is recorded but not fitted (its unit times would inflate every prediction).
+ARCH_SETTINGS = MeasureSettings(passes=3, max_wait_seconds=20.0)
+MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's regression
+OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
 
 
@@ -82,6 +85,11 @@ class Unit:
         return dict(self.params)
 
     @property
+    def family(self) -> str:
+        """The fallback regression group when `group` has too few samples."""
+        return self.kind
+
+    @property
     def group(self) -> str:
         """The regression group: units of one group share a latency model."""
         p = self.p
@@ -96,32 +104,8 @@ class Unit:
         text = json.dumps([self.kind, self.params], separators=(",", ":"))
         return "unit:" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
-    def input_shape(self) -> tuple[int, int, int, int]:
-        p = self.p
-        channels = 3 if self.kind == "stem" else p["cin"] if self.kind in ("downsample", "head") else p["width"]
-        return (1, channels, p["side"], p["side"])
-
-    def build(self) -> Any:
-        """The torch module this unit times (imports torch and nas.models)."""
-        from nas.models.backbone import build_downsample, build_head
-        from nas.models.blocks import build_stem
-        from nas.models.registry import mixer_builder
-
-        p = self.p
-        if self.kind == "stem":
-            return build_stem(p["kind"], p["width"], p["depth"])
-        if self.kind == "head":
-            arch = Arch(stages=(), head_kind=p["kind"], head_widths=tuple(p["widths"]), num_classes=p["classes"])
-            return build_head(arch, p["cin"])
-        if self.kind == "downsample":  # a built-in mixer with the same downsampling norm variant
-            spec = StageSpec("mbconv" if p.get("full_norm") else "catm", 0, p["width"], p.get("expand", 4.0),
-                             p["downsample"])
-            return build_downsample(spec, p["cin"])
-        spec = StageSpec(**{k: v for k, v in p.items() if k != "side"})
-        return mixer_builder(spec.mixer)(spec)
-
-    def features(self) -> tuple[float, float]:
-        """(MMACs, M activation elements): rough analytic counts for the per-group regression."""
+    def features(self) -> tuple[float, float, float]:
+        """(blocks, MMACs, M activation elements): rough analytic counts for the per-group regression."""
         p = self.p
         side = p["side"]
         n = side * side
@@ -151,7 +135,7 @@ class Unit:
                 m, a = cin * cout * n, (cin + cout) * n
         else:
             m, a = _body_features(p, n)
-        return m / 1e6, a / 1e6
+        return float(p.get("depth", 0) if self.kind == "body" else 0), m / 1e6, a / 1e6
 
 
 def _body_features(p: dict[str, Any], n: int) -> tuple[float, float]:
@@ -204,38 +188,38 @@ def _downsample_unit(spec: StageSpec, cin: int, side: int) -> Unit | None:
     return Unit.of("downsample", **params)
 
 
-def _body_terms(spec: StageSpec, side: int) -> list[tuple[Unit, float]]:
-    """A stage body as units: plain stages are `depth` times a one-block body; a glsra stage (token
-    selection and fusion around its blocks) is interpolated from its one- and two-block bodies."""
+def _body_unit(spec: StageSpec, side: int) -> Unit | None:
+    """A stage body (its `depth` blocks, and a glsra stage's token selection and fusion) as one unit."""
     if spec.depth == 0:
-        return []
-    base = _body_params(spec)
-    one = Unit.of("body", **base, depth=1, side=side)
-    if spec.mixer != "glsra":
-        return [(one, float(spec.depth))]
-    if spec.depth == 1:
-        return [(one, 1.0)]
-    two = Unit.of("body", **base, depth=2, side=side)
-    return [(one, 2.0 - spec.depth), (two, spec.depth - 1.0)]
+        return None
+    return Unit.of("body", **_body_params(spec), depth=spec.depth, side=side)
 
 
-def decompose(arch: Arch, resolution: int) -> list[tuple[Unit, float]]:
-    """The units of `arch` at `resolution`, each with its multiplicity (see `_body_terms`)."""
-    terms: list[tuple[Unit, float]] = [
-        (Unit.of("stem", kind=arch.stem_kind, width=arch.stem_width,
-                 depth=arch.stem_depth if arch.stem_kind == "dsconv" else 0, side=resolution), 1.0)]
+def labelled_units(arch: Arch, resolution: int) -> list[tuple[str, Unit]]:
+    """The units of `arch` at `resolution`, each with its label in a network's profile
+    (`stem`, `down<i>`, `body<i>`, `head`: see nas.latency._incontext.unit_label)."""
+    out: list[tuple[str, Unit]] = [
+        ("stem", Unit.of("stem", kind=arch.stem_kind, width=arch.stem_width,
+                         depth=arch.stem_depth if arch.stem_kind == "dsconv" else 0, side=resolution))]
     side, width = stem_side(arch.stem_kind, resolution), arch.stem_width
-    for spec in arch.stages:
+    for i, spec in enumerate(arch.stages):
         down = _downsample_unit(spec, width, side)
         if down is not None:
-            terms.append((down, 1.0))
+            out.append((f"down{i}", down))
         if spec.downsample != "none":
             side = (side + 1) // 2
-        terms += _body_terms(spec, side)
+        body = _body_unit(spec, side)
+        if body is not None:
+            out.append((f"body{i}", body))
         width = spec.width
-    terms.append((Unit.of("head", kind=arch.head_kind, cin=width, side=side, classes=arch.num_classes,
-                          widths=list(arch.head_widths) if arch.head_kind == "evit" else []), 1.0))
-    return terms
+    out.append(("head", Unit.of("head", kind=arch.head_kind, cin=width, side=side, classes=arch.num_classes,
+                                widths=list(arch.head_widths) if arch.head_kind == "evit" else [])))
+    return out
+
+
+def decompose(arch: Arch, resolution: int) -> list[Unit]:
+    """The units of `arch` at `resolution`."""
+    return [unit for _, unit in labelled_units(arch, resolution)]
 
 
 def space_units(space: Any, resolution: int, num_classes: int = 1000) -> list[Unit]:
@@ -266,9 +250,8 @@ def space_units(space: Any, resolution: int, num_classes: int = 1000) -> list[Un
                     add(_downsample_unit(spec, cin, side))
                     out = side if down == "none" else (side + 1) // 2
                     following.add((width, out))
-                    for depth in depths or [0]:
-                        for unit, _ in _body_terms(replace(spec, depth=depth), out):
-                            add(unit)
+                    for depth in depths:
+                        add(_body_unit(replace(spec, depth=depth), out))
         states = following
     for kind in choices(space.head.kind):
         for (cin, side), widths in itertools.product(states, space.head.widths if kind == "evit" else [[]]):
@@ -284,7 +267,7 @@ class Prediction:
     ms: float
     unit_sum_ms: float
     units: int
-    regressed: int  # units predicted by their group's regression (never timed)
+    regressed: int  # units predicted by their group's regression (never seen in calibration)
 
     def to_dict(self) -> dict[str, Any]:
         return {"predicted_ms": self.ms, "unit_sum_ms": self.unit_sum_ms, "units": self.units,
@@ -292,8 +275,28 @@ class Prediction:
 
 
 @dataclass
+class Sample:
+    """One calibration network: its in-context unit times and its measured latency."""
+
+    arch: str  # hash
+    units: dict[str, float]  # unit key -> in-context ms
+    measured_ms: float
+    others_cpu: float = 0.0  # cores other processes used: the larger of the profile's and the timing's
+    loaded: bool = False  # either ran with others above the timing limit: not fitted
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "units": self.units, "measured_ms": self.measured_ms, "others_cpu": self.others_cpu,
+                "loaded": self.loaded}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sample:
+        return cls(str(data["arch"]), {str(k): float(v) for k, v in data["units"].items()},
+                   float(data["measured_ms"]), float(data.get("others_cpu") or 0.0), bool(data.get("loaded", False)))
+
+
+@dataclass
 class Predictor:
-    """A calibration: unit timings, per-group regressions, the network-level correction."""
+    """A calibration: in-context unit times, per-group regressions, the network-level correction."""
 
     backend: str
     device: str
@@ -302,51 +305,44 @@ class Predictor:
     precision: str
     runtime_version: str
     machine: str
-    unit_ms: dict[str, float]
-    groups: dict[str, list[float]]  # group -> [c0, c_macs, c_elems] (ms)
-    correction: list[float]  # [a, b, c]: a * unit sum + b * units + c
+    unit_ms: dict[str, float]  # unit key -> mean in-context ms over the calibration networks
+    groups: dict[str, list[float]]  # group (or kind, or "all") -> [c_1, c_blocks, c_MMACs, c_Melems] (ms)
+    correction: list[float]  # [a, c]: a * unit sum + c
     error: dict[str, Any] = field(default_factory=dict)  # leave-one-out errors on the calibration archs
     created_at: float = 0.0
     spaces: list[str] = field(default_factory=list)
-    archs: list[str] = field(default_factory=list)  # hashes of the whole archs the correction was fitted on
+    archs: list[str] = field(default_factory=list)  # hashes of the calibration networks
+    samples: list[Sample] = field(default_factory=list)
+    unit_specs: dict[str, list[Any]] = field(default_factory=dict)  # unit key -> [kind, params] (for refit)
 
     @property
     def margin(self) -> float:
         """Relative over-prediction tolerated before a candidate is rejected unmeasured: the largest
-        leave-one-out over-prediction of the calibration (its p99 with so few archs), at least MIN_MARGIN."""
-        return max(MIN_MARGIN, float(self.error.get("p99_over", 0.0)))
+        leave-one-out over-prediction of the calibration, at least MIN_MARGIN."""
+        return max(MIN_MARGIN, float(self.error.get("max_over", 0.0)))
 
     def regressed_ms(self, unit: Unit) -> float:
-        coef = self.groups.get(unit.group) or self.groups.get("all", [0.0, 0.0, 0.0])
-        macs, elems = unit.features()
-        return max(1e-4, coef[0] + coef[1] * macs + coef[2] * elems)
+        coef = self.groups.get(unit.group) or self.groups.get(unit.family) or self.groups["all"]
+        return max(1e-4, float(np.dot(coef, _design(unit))))
 
     def unit_ms_of(self, unit: Unit) -> tuple[float, bool]:
-        """(ms, regressed) of one unit: its timing, else its one-block sibling's timing scaled by the
-        regression (a two-block glsra body left untimed), else the regression."""
+        """(ms, regressed) of one unit: its mean in-context time, else its group's regression."""
         hit = self.unit_ms.get(unit.key)
-        if hit is not None:
-            return hit, False
-        if unit.kind == "body" and unit.p["depth"] > 1:
-            sibling = Unit.of("body", **{**unit.p, "depth": 1})
-            timed = self.unit_ms.get(sibling.key)
-            if timed is not None:
-                return timed * self.regressed_ms(unit) / self.regressed_ms(sibling), True
-        return self.regressed_ms(unit), True
+        return (hit, False) if hit is not None else (self.regressed_ms(unit), True)
 
-    def terms(self, arch: Arch) -> tuple[float, float, int]:
-        total, count, regressed = 0.0, 0.0, 0
-        for unit, times in decompose(arch, self.resolution):
+    def terms(self, arch: Arch) -> tuple[float, int, int]:
+        total, count, regressed = 0.0, 0, 0
+        for unit in decompose(arch, self.resolution):
             ms, guessed = self.unit_ms_of(unit)
-            total += times * ms
-            count += times  # isolated runs each paid one inference's overhead (glsra's interpolation: once)
+            total += ms
+            count += 1
             regressed += guessed
         return total, count, regressed
 
     def predict(self, arch: Arch) -> Prediction:
         total, count, regressed = self.terms(arch)
-        a, b, c = self.correction
-        return Prediction(max(0.0, a * total + b * count + c), total, round(count), regressed)
+        a, c = self.correction
+        return Prediction(max(0.0, a * total + c), total, count, regressed)
 
     # ---- persistence ----
     def to_dict(self) -> dict[str, Any]:
@@ -354,7 +350,8 @@ class Predictor:
                 "resolution": self.resolution, "precision": self.precision,
                 "runtime_version": self.runtime_version, "machine": self.machine, "created_at": self.created_at,
                 "spaces": self.spaces, "archs": self.archs, "correction": self.correction, "error": self.error,
-                "groups": self.groups, "unit_ms": self.unit_ms}
+                "groups": self.groups, "unit_ms": self.unit_ms, "samples": [s.to_dict() for s in self.samples],
+                "unit_specs": self.unit_specs}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Predictor:
@@ -368,19 +365,22 @@ class Predictor:
             groups={str(k): [float(x) for x in v] for k, v in data["groups"].items()},
             correction=[float(x) for x in data["correction"]], error=dict(data.get("error", {})),
             created_at=float(data.get("created_at", 0.0)), spaces=list(data.get("spaces", [])),
-            archs=[str(h) for h in data.get("archs", [])])
-        if len(predictor.correction) != 3 or any(len(v) != 3 for v in predictor.groups.values()):
+            archs=[str(h) for h in data.get("archs", [])],
+            samples=[Sample.from_dict(s) for s in data.get("samples", [])],
+            unit_specs={str(k): [str(v[0]), v[1]] for k, v in data.get("unit_specs", {}).items()})
+        if len(predictor.correction) != 2 or "all" not in predictor.groups \
+                or any(len(v) != N_DESIGN for v in predictor.groups.values()):
             raise ValueError("malformed coefficients")
         if not all(map(math.isfinite, [*predictor.correction, *predictor.unit_ms.values()])):
             raise ValueError("non-finite numbers")
         return predictor
 
     def save(self, path: str | Path) -> Path:
+        from nas.atomic import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        atomic_write(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))  # a reader never sees half a file
         return path
 
 
@@ -403,10 +403,10 @@ def load_predictor(path: str | Path | None = None, *, backend: str = backends.DE
     if not path.is_file():
         raise PredictorError(f"no latency predictor calibrated for {backend} {precision} {threads} threads "
                              f"{resolution}px on this machine ({path} missing); run "
-                             f"`python -m nas.latency --calibrate --threads {threads}` first")
+                             f"`python -m nas.latency --calibrate --threads {threads} --precision {precision}` first")
     try:
         predictor = Predictor.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as exc:
         raise PredictorError(f"{path}: not a usable predictor file ({str(exc)[:120]}); delete it and run "
                              "`python -m nas.latency --calibrate` again") from None
     wanted = {"backend": backend, "threads": threads, "resolution": resolution, "precision": precision,
@@ -419,123 +419,101 @@ def load_predictor(path: str | Path | None = None, *, backend: str = backends.DE
     return predictor
 
 
-# ---- calibration --------------------------------------------------------------------------------
+# ---- fitting -------------------------------------------------------------------------------------
 
-def _wrappers(unit: Unit) -> tuple[Any, Any]:
-    """(unit between 1x1 convs, the 1x1 convs alone). Timed alone a unit would read and write plain
-    NCHW tensors, and OpenVINO then picks other layouts and kernels than inside a network (an
-    isolated CAS-ViT block at 56x56 ran 2x slower); between convs it sees the blocked layouts of a
-    network, and the difference of the two timings is the unit's share of a network's latency."""
-    from torch import nn
-
-    p = unit.p
-    cin, side = unit.input_shape()[1], p["side"]
-    if unit.kind == "head":
-        return nn.Sequential(nn.Conv2d(cin, cin, 1), unit.build()), nn.Conv2d(cin, cin, 1)
-    out_side = stem_side(p["kind"], side) if unit.kind == "stem" else \
-        side if p.get("downsample") == "none" else (side + 1) // 2 if unit.kind == "downsample" else side
-    cout, stride = p["width"], max(1, side // out_side)
-    pre = [] if unit.kind == "stem" else [nn.Conv2d(cin, cin, 1)]
-    wrapped = nn.Sequential(*pre, unit.build(), nn.Conv2d(cout, cout, 1))
-    return wrapped, nn.Sequential(*pre, nn.Conv2d(cin, cout, 1, stride=stride))
+N_DESIGN = 4
 
 
-def _time_module(module: Any, shape: tuple[int, ...], key: CacheKey, threads: int, precision: str,
-                 cache: LatencyCache | None, settings: MeasureSettings, refresh: bool) -> float:
-    import warnings
-
-    import openvino as ov
-    import torch
-
-    from nas.latency._measure import _time
-    from nas.machine_lock import training
-
-    if cache is not None and not refresh:
-        hit = cache.get(key)
-        if hit is not None and (hit.others_cpu or 0.0) <= UNIT_OTHERS_LIMIT:  # a loaded timing is redone
-            return hit.ms
-    data = torch.randn(*shape)
-    with training(), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ov_model = ov.convert_model(module.eval(), example_input=data, input=[shape])
-        step = backends._ov_step(ov_model, threads, data.numpy(), precision)
-    stats = _time(step, settings, key)
-    if (stats.others_cpu or 0.0) > UNIT_OTHERS_LIMIT:
-        stats = min(stats, _time(step, settings, key), key=lambda s: s.ms)
-    if cache is not None:
-        cache.put(stats)
-    return stats.ms
+def _design(unit: Unit) -> np.ndarray:
+    return np.array([1.0, *unit.features()])
 
 
-def measure_unit(unit: Unit, backend: str, threads: int, resolution: int, precision: str,
-                 cache: LatencyCache | None, settings: MeasureSettings = UNIT_SETTINGS,
-                 refresh: bool = False) -> float:
-    """A unit's share of a network's latency: its OpenVINO timing between two 1x1 convs minus the
-    convs' own (see `_wrappers`), at its exact input shape; both timings cached."""
-    import torch
-
-    torch.manual_seed(0)
-    wrapped, wrapper = _wrappers(unit)
-    shape = unit.input_shape()
-
-    def key(name: str) -> CacheKey:
-        return CacheKey(name, backend, backends.device_name(backend), resolution, threads,
-                        backends.runtime_version(backend), precision, machine_id())
-
-    # The wrapper depends only on the boundary shapes: many units share one timing.
-    boundary = "wrap:" + hashlib.sha1(f"{shape}{wrapper!r}".encode()).hexdigest()[:12]
-    outer = _time_module(wrapped, shape, key(unit.key.replace("unit:", "wrapped:")), threads, precision, cache,
-                         settings, refresh)
-    inner = _time_module(wrapper, shape, key(boundary), threads, precision, cache, settings, refresh)
-    return max(outer - inner, 0.001)
-
-
-def _fit_groups(units: list[Unit], unit_ms: dict[str, float]) -> dict[str, list[float]]:
-    """Per group, non-negative least squares of ms on [1, MMACs, M elements] (and one over all units)."""
+def _nnls_relative(x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Non-negative least squares of relative errors (rows divided by y): small units count as much."""
     from scipy.optimize import nnls
 
-    def fit(members: list[Unit]) -> list[float]:
-        x = np.array([[1.0, *u.features()] for u in members])
-        y = np.array([unit_ms[u.key] for u in members])
-        scale = np.maximum(x.max(0), 1e-9)
-        coef, _ = nnls(x / scale, y)
-        return [float(v) for v in coef / scale]
-
-    measured = [u for u in units if u.key in unit_ms]
-    groups: dict[str, list[Unit]] = {}
-    for unit in measured:
-        groups.setdefault(unit.group, []).append(unit)
-    out = {name: fit(members) for name, members in groups.items() if len(members) >= 2}
-    if measured:
-        out["all"] = fit(measured)
-    return out
+    w = 1.0 / np.maximum(y, 1e-6)
+    xw = x * w[:, None]
+    scale = np.maximum(np.abs(xw).max(0), 1e-12)
+    coef, _ = nnls(xw / scale, y * w)
+    return [float(v) for v in coef / scale]
 
 
-def _fit_correction(rows: list[tuple[float, float, float]]) -> list[float]:
-    """Least squares of measured ms on [unit sum, units, 1]; a plain scale when too few rows."""
-    x = np.array([[s, n, 1.0] for s, n, _ in rows])
-    y = np.array([m for _, _, m in rows])
-    if len(rows) < 6:
-        return [float(np.sum(y * x[:, 0]) / max(np.sum(x[:, 0] ** 2), 1e-12)), 0.0, 0.0]
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return [float(v) for v in coef]
+def _fit_units(samples: list[Sample], specs: dict[str, Unit]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(mean in-context ms per unit key, regression coefficients per group, per kind and overall)."""
+    seen: dict[str, list[float]] = {}
+    for sample in samples:
+        for key, ms in sample.units.items():
+            seen.setdefault(key, []).append(ms)
+    unit_ms = {key: float(np.mean(v)) for key, v in seen.items()}
+    rows: dict[str, list[tuple[np.ndarray, float]]] = {}
+    for sample in samples:  # every occurrence is a row: a unit seen often weighs more
+        for key, ms in sample.units.items():
+            unit = specs[key]
+            for name in (unit.group, unit.family, "all"):
+                rows.setdefault(name, []).append((_design(unit), ms))
+    groups = {name: _nnls_relative(np.array([r[0] for r in members]), np.array([r[1] for r in members]))
+              for name, members in rows.items() if len(members) >= MIN_GROUP_SAMPLES or name == "all"}
+    return unit_ms, groups
 
 
-def _loo_errors(rows: list[tuple[float, float, float]]) -> dict[str, Any]:
-    """Leave-one-out relative errors (predicted / measured - 1) of the correction on the calibration archs."""
-    if len(rows) < 7:
-        return {}
+def _fit_correction(rows: list[tuple[float, float]]) -> list[float]:
+    """[a, c] of measured ~ a * unit sum + c, least squares on relative errors; a plain scale when
+    few rows (or when the line would not rise with the sum)."""
+    s = np.array([r[0] for r in rows])
+    m = np.array([r[1] for r in rows])
+    scale = [float(np.median(m / np.maximum(s, 1e-9))), 0.0]
+    if len(rows) < 8:
+        return scale
+    x = np.stack([s, np.ones_like(s)], 1) / m[:, None]
+    coef, *_ = np.linalg.lstsq(x, np.ones_like(m), rcond=None)
+    return [float(v) for v in coef] if coef[0] > 0.2 * scale[0] else scale
+
+
+def consistent(samples: list[Sample]) -> list[Sample]:
+    """The quiet samples (not `loaded`) whose profile agrees with their timing: measured / unit sum
+    within OUTLIER_BAND of the median ratio (a network disturbed during one of the two reads apart)."""
+    samples = [s for s in samples if not s.loaded] or list(samples)
+    if len(samples) < 5:
+        return samples
+    ratios = np.array([s.measured_ms / max(sum(s.units.values()), 1e-9) for s in samples])
+    middle = float(np.median(ratios))
+    return [s for s, r in zip(samples, ratios, strict=True) if abs(r / middle - 1.0) <= OUTLIER_BAND]
+
+
+def fit(predictor: Predictor) -> Predictor:
+    """Fit unit times, regressions and correction from the predictor's consistent samples (see
+    `consistent`), in place; with the leave-one-out errors (each calibration network predicted by a
+    fit without it, all samples) in `error`."""
+    specs = {key: Unit(kind, tuple(sorted((k, v) for k, v in params.items())))
+             for key, (kind, params) in predictor.unit_specs.items()}
+    samples = consistent(predictor.samples)
+    predictor.unit_ms, predictor.groups = _fit_units(samples, specs)
+    predictor.correction = _fit_correction([(sum(s.units.values()), s.measured_ms) for s in samples])
+    predictor.archs = [s.arch for s in predictor.samples]
     errors = []
-    for i in range(len(rows)):
-        a, b, c = _fit_correction(rows[:i] + rows[i + 1:])
-        s, n, m = rows[i]
-        errors.append((a * s + b * n + c) / m - 1.0)
-    e = np.array(errors)
-    return {"archs": len(rows), "rows_sum_units_measured": [[round(v, 4) for v in row] for row in rows],
-            "within_5": float(np.mean(np.abs(e) <= 0.05)),
-            "within_10": float(np.mean(np.abs(e) <= 0.10)), "max_abs": float(np.abs(e).max()),
-            "p99_over": float(np.percentile(np.maximum(e, 0.0), 99)), "relative_errors": [float(v) for v in e]}
+    if len(samples) >= 5:
+        for held in predictor.samples:
+            rest = [s for s in samples if s is not held]
+            unit_ms, groups = _fit_units(rest, specs)
+            probe = replace(predictor, unit_ms=unit_ms, groups=groups,
+                            correction=_fit_correction([(sum(s.units.values()), s.measured_ms) for s in rest]))
+            total = sum(probe.unit_ms_of(specs[key])[0] for key in held.units)
+            a, c = probe.correction
+            errors.append((a * total + c) / held.measured_ms - 1.0)
+    kept = {k: v for k, v in predictor.error.items() if k in ("calibration_seconds", "units_in_spaces")}
+    kept["samples_used"] = len(samples)
+    if errors:
+        e = np.array(errors)
+        kept.update({"archs": len(errors), "within_5": float(np.mean(np.abs(e) <= 0.05)),
+                     "within_10": float(np.mean(np.abs(e) <= 0.10)), "max_abs": float(np.abs(e).max()),
+                     "max_over": float(max(e.max(), 0.0)), "rmse_relative": float(np.sqrt(np.mean(e ** 2))),
+                     "relative_errors": [round(float(v), 5) for v in e]})
+    predictor.error = kept
+    return predictor
 
+
+# ---- calibration --------------------------------------------------------------------------------
 
 def sample_archs(space: Any, count: int, seed: int, num_classes: int = 1000,
                  adjust: Callable[[dict[str, Any], random.Random], None] | None = None) -> list[Arch]:
@@ -555,111 +533,123 @@ def sample_archs(space: Any, count: int, seed: int, num_classes: int = 1000,
     return list(out.values())
 
 
+def profile_sample(arch: Arch, *, backend: str, threads: int, resolution: int, precision: str,
+                   cache: LatencyCache | None, settings: MeasureSettings | None) -> tuple[Sample, dict[str, Unit]]:
+    """One calibration network: converted once, profiled per node, and timed as the search times it
+    (the timing is stored in the latency cache under the arch's hash, as nas.latency.measure would)."""
+    from nas.export import example_input
+    from nas.latency._incontext import convert, profile
+    from nas.latency._measure import _model_key, _time
+    from nas.machine_lock import training
+
+    settings = settings or ARCH_SETTINGS
+    ov_model = convert(arch, resolution, precision)
+    per_label, profile_others = profile(ov_model, threads, precision, settings)
+    labelled = labelled_units(arch, resolution)
+    units = {unit.key: per_label.get(label, 0.0) for label, unit in labelled}
+    stray = sum(ms for label, ms in per_label.items() if label not in dict(labelled))
+    units[labelled[0][1].key] += stray  # nodes of no known unit (none expected): counted to the stem
+    with training():
+        step = backends._ov_step(ov_model, threads, example_input(resolution).numpy(), precision)
+    stats = _time(step, settings, _model_key(arch.hash, resolution, backend, threads, precision))
+    if cache is not None:
+        cache.put(stats)
+    limit = settings.others_limit(threads)
+    others = max(profile_others or 0.0, stats.others_cpu or 0.0)
+    loaded = stats.loaded or (limit is not None and (profile_others or 0.0) > limit)
+    return Sample(arch.hash, units, stats.ms, others, loaded), {unit.key: unit for _, unit in labelled}
+
+
 def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND, threads: int | None = None,
               resolution: int = 224, precision: str = DEFAULT_PRECISION, cache: LatencyCache | None = None,
               archs: int = CALIBRATION_ARCHS, seconds: float = CALIBRATION_SECONDS,
-              unit_settings: MeasureSettings = UNIT_SETTINGS, arch_settings: MeasureSettings | None = None,
-              seed: int = 0, refresh: bool = False, progress: bool = True,
+              arch_settings: MeasureSettings | None = None, seed: int = 0, progress: bool = True,
               exclude: Callable[[Arch], bool] | None = None) -> tuple[Predictor, list[Arch]]:
-    """Time the units of `spaces`, fit the regressions, time `archs` whole architectures for the
-    correction, all within about `seconds`. Returns the predictor and the calibration archs.
-
-    Units go first (the correction needs their sums); if time runs short, the rest of the units
-    are left to the regressions and fewer whole archs are timed. `exclude` keeps archs out of
-    calibration (a benchmark's held-out set).
+    """Profile and time up to `archs` whole networks drawn from `spaces` (in turn, so every space is
+    covered however many fit) within about `seconds`, then fit (see `fit`). Returns the predictor
+    and the calibration archs. `exclude` keeps archs out of calibration (a benchmark's held-out set).
     """
     from tqdm import tqdm
-
-    from nas.latency._measure import measure
 
     if backend != "openvino":
         raise UserError(f"the latency predictor calibrates on openvino only, not {backend!r}")
     check_precision(precision, backend)
-    if precision == "int8":
-        raise UserError("the latency predictor does not calibrate int8 yet; use fp32, bf16 or fp16")
     threads = backends.check_threads(threads)
     spaces = list(spaces)
     started = time.monotonic()
-    units: dict[str, Unit] = {}
-    for space in spaces:
-        for unit in space_units(space, resolution):
-            units.setdefault(unit.key, unit)
-    rng = random.Random(seed)
+    per_space = [[a for a in sample_archs(space, archs * 2, seed + 1000 + i) if not (exclude and exclude(a))]
+                 for i, space in enumerate(spaces)]
     calibration: list[Arch] = []
-    per_space = math.ceil(archs / max(len(spaces), 1))
-    for i, space in enumerate(spaces):
-        drawn = sample_archs(space, per_space * 3, seed + 1000 + i)
-        calibration += [a for a in drawn if not (exclude and exclude(a))][:per_space]
-    rng.shuffle(calibration)
+    for draws in itertools.zip_longest(*per_space):  # round robin over the spaces
+        calibration += [a for a in draws if a is not None and a.hash not in {b.hash for b in calibration}]
     calibration = calibration[:archs]
-    arch_reserve = 7.5 * len(calibration)  # seconds a whole arch takes (convert + timing), kept for the correction
-    bar = tqdm(total=len(units) + len(calibration), desc="calibrate", unit="net", disable=not progress,
-               file=sys.stderr)
-    unit_ms: dict[str, float] = {}
-    order = list(units.values())
-    rng.shuffle(order)  # if time runs out, the timed units are a fair sample for the regressions ...
-    order.sort(key=lambda u: u.kind == "body" and u.p["depth"] > 1)  # ... two-block bodies (scalable) last
+    units_in_spaces = len({u.key for s in spaces for u in space_units(s, resolution)})
+    predictor = Predictor(backend, backends.device_name(backend), threads, resolution, precision,
+                          backends.runtime_version(backend), machine_id(), {}, {}, [1.0, 0.0],
+                          created_at=time.time(), spaces=[getattr(s, "name", "") for s in spaces])
+    timed: list[Arch] = []
+    bar = tqdm(total=seconds, desc=f"calibrate {precision}", unit="s", disable=not progress, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
+    specs: dict[str, Unit] = {}
+    per_arch = 0.0
     try:
-        for unit in order:
-            if time.monotonic() - started > seconds - arch_reserve:
-                break
-            unit_ms[unit.key] = measure_unit(unit, backend, threads, resolution, precision, cache, unit_settings,
-                                             refresh)
-            bar.update(1)
-        bar.total = len(unit_ms) + len(calibration)
-        predictor = Predictor(backend, backends.device_name(backend), threads, resolution, precision,
-                              backends.runtime_version(backend), machine_id(), unit_ms,
-                              _fit_groups(list(units.values()), unit_ms), [1.0, 0.0, 0.0], created_at=time.time(),
-                              spaces=[getattr(s, "name", "") for s in spaces])
-        rows: list[tuple[float, float, float]] = []
-        timed: list[Arch] = []
-        from nas.models import build_model
-
         for arch in calibration:
-            if time.monotonic() - started > seconds and len(rows) >= 8:
+            elapsed = time.monotonic() - started
+            if timed and elapsed + per_arch > seconds:
                 break
-            stats = measure(build_model(arch), resolution, backend, threads, precision=precision,
-                            settings=arch_settings)
-            total, count, _ = predictor.terms(arch)
-            rows.append((total, count, stats.ms))
+            sample, units = profile_sample(arch, backend=backend, threads=threads, resolution=resolution,
+                                           precision=precision, cache=cache, settings=arch_settings)
+            predictor.samples.append(sample)
+            specs.update(units)
             timed.append(arch)
-            bar.update(1)
+            per_arch = (time.monotonic() - started) / len(timed)
+            bar.n = min(seconds, time.monotonic() - started)
+            bar.set_postfix_str(f"{len(timed)} networks", refresh=True)
     finally:
         bar.close()
-    predictor.correction = _fit_correction(rows)
-    predictor.archs = [a.hash for a in timed]
-    predictor.error = _loo_errors(rows)
-    predictor.error["calibration_seconds"] = round(time.monotonic() - started, 1)
-    predictor.error["units_timed"] = len(unit_ms)
-    predictor.error["units_in_spaces"] = len(units)
-    return predictor, timed
+    if not timed:
+        raise UserError("calibration timed no network; give it more time")
+    predictor.unit_specs = {key: [u.kind, u.p] for key, u in specs.items()}
+    predictor.error = {"calibration_seconds": round(time.monotonic() - started, 1), "units_in_spaces": units_in_spaces}
+    return fit(predictor), timed
+
+
+def refit(path: str | Path) -> Predictor:
+    """Redo the fit of a saved calibration from its samples (no timing) and save it again."""
+    predictor = Predictor.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    fit(predictor).save(path)
+    return predictor
 
 
 # ---- command line (python -m nas.latency --calibrate | --predict) --------------------------------
 
 def calibrate_command(space_files: list[Path] | None, *, backend: str, threads: int | None,
                       resolution: int | None, precision: str, cache: LatencyCache | None, quick: bool,
-                      refresh: bool, path: Path | None, quiet: bool) -> int:
-    """Calibrate on this machine and save; prints where and the leave-one-out error."""
+                      path: Path | None, quiet: bool, widths: list[float] | None = None,
+                      seconds: float = CALIBRATION_SECONDS) -> int:
+    """Calibrate on this machine and save; prints where and the leave-one-out error. Without --space,
+    the default space at widths x1 and x1.5 (the range nas.fit scales it to for 2-5 ms budgets here)."""
     from nas.space import DEFAULT_SPACE, load_space
 
-    spaces = [load_space(f) for f in (space_files or [DEFAULT_SPACE])]
+    loaded = [load_space(f) for f in (space_files or [DEFAULT_SPACE])]
+    widths = widths or ([1.0] if space_files else [1.0, 1.5])
+    spaces = [s.scaled(w) for s in loaded for w in widths]
     targets = {s.resolution.target for s in spaces}
     if resolution is None and len(targets) > 1:
         raise UserError(f"the spaces target different resolutions {sorted(targets)}; pass --resolution")
     resolution = resolution or targets.pop()
     threads = backends.check_threads(threads)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"seconds": seconds}
     if quick:
-        kwargs = {"unit_settings": MeasureSettings.quick(), "arch_settings": MeasureSettings.quick(), "archs": 8}
+        kwargs.update(arch_settings=MeasureSettings.quick(), archs=8)
     predictor, _ = calibrate(spaces, backend=backend, threads=threads, resolution=resolution, precision=precision,
-                             cache=cache, refresh=refresh, progress=not quiet, **kwargs)
+                             cache=cache, progress=not quiet, **kwargs)
     out = predictor.save(path or predictor_path(backend, threads, resolution, precision))
     e = predictor.error
-    loo = (f"; leave-one-out on {e['archs']} archs: {100 * e['within_10']:.0f}% within 10%, max "
-           f"{100 * e['max_abs']:.1f}%" if "archs" in e else "")
-    print(f"calibrated {len(predictor.unit_ms)} units of {e['units_in_spaces']} in {e['calibration_seconds']:.0f} s"
-          f"{loo}; rejection margin {100 * predictor.margin:.0f}%; saved {out}")
+    loo = (f"; leave-one-out: {100 * e['within_10']:.0f}% within 10%, max {100 * e['max_abs']:.1f}%"
+           if "archs" in e else "")
+    print(f"calibrated {precision} on {len(predictor.samples)} networks ({len(predictor.unit_ms)} units) in "
+          f"{e['calibration_seconds']:.0f} s{loo}; rejection margin {100 * predictor.margin:.0f}%; saved {out}")
     return 0
 
 
