@@ -51,9 +51,10 @@ CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with sta
 CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
 # Whole networks are timed like the search times them, a little shorter (the correction averages
 # over many): 3 passes instead of 5, at most 20 s waiting for a quiet CPU (the time is budgeted).
-# Their profiles wait the same way; a network profiled or timed while other processes kept the CPU
-# busy is recorded but not fitted (its unit times would inflate every prediction).
-ARCH_SETTINGS = MeasureSettings(passes=3, max_wait_seconds=20.0)
+# Their profiles wait the same way; a network profiled or timed while other processes used more than
+# 0.1 core per timing thread is recorded but not fitted (on a 2-core machine with SMT siblings,
+# even niced neighbours slowed calibration networks by a third, and every prediction with them).
+ARCH_SETTINGS = MeasureSettings(passes=3, max_wait_seconds=20.0, max_others_cpu=0.1)
 MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's regression
 OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
