@@ -84,7 +84,8 @@ def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
     return out
 
 
-def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path) -> dict[str, Any]:
+def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path,
+                  variants: list[str] | None = None) -> dict[str, Any]:
     """Val/test top-1 of the FP32 and every variant's INT8 OpenVINO model at the proxy resolution."""
     import nncf
     import torch
@@ -115,7 +116,7 @@ def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path)
         row: dict[str, Any] = {"weights": str(weights), "fp32": {
             "val": top1(openvino_logits(fp32, val[0], 2), val[1]),
             "test": top1(openvino_logits(fp32, test[0], 2), test[1])}}
-        for variant in VARIANTS:
+        for variant in variants or VARIANTS:
             rules, keep_float = variant_rules(variant)
             cache_key = f"{name}|{weights}|{rules.digest()}|{keep_float}|{len(calib)}"
             if cache_key in cache:
@@ -176,12 +177,14 @@ def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: l
              int8_hints: list[str]) -> dict[str, Any]:
     """benchmark_app medians: the FP32 IR at each float precision, every INT8 variant at each hint."""
     from bench.latency_bench import run_benchmark_app
+    from nas.latency._precision import openvino_precision_config
 
     out: dict[str, Any] = {}
     for name, entry in manifest.items():
         row: dict[str, Any] = {}
         for precision in precisions:
-            row[precision] = run_benchmark_app(Path(entry["fp32"]), threads, seconds, precision)
+            row[precision] = run_benchmark_app(Path(entry["fp32"]), threads, seconds,
+                                               openvino_precision_config(precision)["INFERENCE_PRECISION_HINT"])
         for variant, path in entry["int8"].items():
             for hint in int8_hints:
                 key = f"int8:{variant}" + ("" if hint == "f32" else f"@{hint}")
@@ -233,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--avx2", action="store_true", help="also time with ONEDNN_MAX_CPU_ISA=AVX2 (fp32 + INT8)")
     p.add_argument("--only-avx2", action="store_true", help="time only with the AVX2 cap")
     p.add_argument("--report-only", action="store_true", help="only rebuild the JSON from the workdir's parts")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                   help="accuracy of these variants only (default all)")
+    p.add_argument("--skip-irs", action="store_true", help="with --prepare-only: accuracy only")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="", help="timing conditions to record (e.g. other work running niced)")
     p.add_argument("--time-worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -259,12 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"latency": {}, "load": {}}  # rebuilt from the workdir's parts on every call
     if (args.workdir / "accuracy.json").exists():
         report["accuracy"] = json.loads((args.workdir / "accuracy.json").read_text())
-    elif out_path.exists() and "accuracy" in json.loads(out_path.read_text()):
+    if (args.workdir / "accuracy_first_pass.json").exists():
+        report["accuracy_first_pass"] = json.loads((args.workdir / "accuracy_first_pass.json").read_text())
+    if "accuracy" not in report and out_path.exists() and "accuracy" in json.loads(out_path.read_text()):
         report["accuracy"] = json.loads(out_path.read_text())["accuracy"]
     manifest_path = args.workdir / "manifest.json"
     if args.prepare_only:
-        atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution)))
-        report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration, args.workdir)
+        if not args.skip_irs:
+            atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution)))
+        report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration, args.workdir, args.variants)
         atomic_write(args.workdir / "accuracy.json", json.dumps(report["accuracy"]))
     elif not args.report_only:
         native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
@@ -292,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         for model, row in part["rows"].items():
             report["latency"].setdefault(part["label"], {}).setdefault(model, {}).update(row)
         report["load"][path.stem.removeprefix("latency_")] = {**part["load"], "note": part.get("note", "")}
+        report.setdefault("holds", {})[path.stem.removeprefix("latency_")] = part["rows"]  # fp32/bf16 of each hold
     report["conditions"] = {"note": args.note, "machine_lock": os.environ.get("VITNAS_LOCK", "project default")}
     report.update(machine=machine, runtime=runtime_version("openvino"), resolution=args.resolution,
-                  threads=args.threads, rules_digest=rules_digest(), max_drop_points=args.max_drop,
+                  threads=args.threads, base_rules_digest=rules_digest(), max_drop_points=args.max_drop,
                   variants={k: ("keep_float off: every op quantized" if v is None else v) for k, v in VARIANTS.items()},
                   benchmark_app=f"-hint none -nstreams 1 -nthreads {args.threads} -nireq 1 -api sync "
                                 f"-t {args.bench_seconds} -infer_precision f32|bf16 (INT8 IRs: f32)",

@@ -107,7 +107,9 @@ class RulesFile(BaseModel):
         return next((rules for name, rules in self.families.items() if name in present), FamilyRules())
 
     def digest(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+        """Hash of what the rules do (notes excluded: rewording one changes no INT8 model)."""
+        quiet = {name: rules.model_copy(update={"note": ""}) for name, rules in self.families.items()}
+        return hashlib.sha256(self.model_copy(update={"families": quiet}).model_dump_json().encode()).hexdigest()[:10]
 
 
 def parse_rules(data: object, source: str) -> RulesFile:
