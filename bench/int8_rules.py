@@ -269,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         report["accuracy_first_pass"] = json.loads((args.workdir / "accuracy_first_pass.json").read_text())
     if "accuracy" not in report and out_path.exists() and "accuracy" in json.loads(out_path.read_text()):
         report["accuracy"] = json.loads(out_path.read_text())["accuracy"]
+    if "accuracy" not in report and (args.workdir / "accuracy_cache.json").exists():  # a pass cut short
+        partial: dict[str, Any] = {}
+        for key, rows in json.loads((args.workdir / "accuracy_cache.json").read_text()).items():
+            if "|" in key:
+                partial.setdefault(key.split("|", 1)[0], {}).update(rows)
+        report["accuracy_partial"] = {"source": "per-variant cache of an accuracy pass not yet finished",
+                                      "models": partial}
     manifest_path = args.workdir / "manifest.json"
     if args.prepare_only:
         if not args.skip_irs:
