@@ -108,6 +108,43 @@ def search_check(run_dir: Path, wall_s: float) -> dict[str, Any]:
             "summary_lines": [line for line in summary.splitlines() if "rejected" in line or "budget" in line]}
 
 
+def rescore(args: argparse.Namespace) -> int:
+    """The saved measurements of held-out archs against the current calibration's predictions (rows
+    of archs the calibration has since timed are dropped: they are no longer held out)."""
+    from bench.precision_bench import cpu_slug
+
+    threads = args.threads or default_threads()
+    predictor = load_predictor(threads=threads, resolution=args.resolution, precision=args.precision)
+    old = json.loads(args.rescore.read_text())["precisions"][args.precision]
+    calibration = set(predictor.archs)
+    rows = []
+    for row in old["rows"]:
+        if row["arch_hash"] in calibration:
+            continue
+        predicted = predictor.predict(Arch.from_dict(row["arch"])).ms
+        rows.append({**row, "predicted_ms": predicted, "relative_error": predicted / row["measured_ms"] - 1.0})
+    quiet = [r for r in rows if not r["loaded"]]
+    summary = {name: metrics([r for r in quiet if r["space"] == name]) for name in ("default", "wide")}
+    summary["all_attention"] = metrics([r for r in quiet if r["all_attention"]])
+    summary["all"] = metrics(quiet)
+    machine = describe_machine()
+    out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
+    result = json.loads(out.read_text()) if out.is_file() else {"machine": machine}
+    result.setdefault("precisions", {})[f"{args.precision}_rescored"] = {
+        "measured_in": str(args.rescore), "measured_settings": old["settings"], "measured_load": old["load"],
+        "predictor": {"spaces": predictor.spaces, "units": len(predictor.unit_ms), "correction": predictor.correction,
+                      "margin": predictor.margin,
+                      "calibration": {k: v for k, v in predictor.error.items() if k != "relative_errors"},
+                      "calibration_archs": len(calibration)},
+        "summary": summary, "rows": rows}
+    atomic_write(out, json.dumps(result, indent=1))
+    for name, m in summary.items():
+        if m["archs"]:
+            print(f"{name:<14}{m['archs']:>6}{100 * m['within_5']:>7.0f}%{100 * m['within_10']:>7.0f}%"
+                  f"{m['rmse_ms']:>9.3f}{m['spearman'] or 0:>10.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
     from nas.models import build_model
@@ -125,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: record where a finished search's wall time went (its run folder)")
     p.add_argument("--search-wall-s", type=float, default=None, help="with --search-run: the search's wall seconds")
     p.add_argument("--search-note", default="", help="with --search-run: how the search was run")
+    p.add_argument("--rescore", type=Path, default=None,
+                   help="instead: predict the measured rows of an earlier result JSON (its --precision section) "
+                        "with the current calibration, without timing; written as section '<precision>_rescored'")
     args = p.parse_args(argv)
+    if args.rescore is not None:
+        return rescore(args)
     if args.search_run is not None:
         machine = describe_machine()
         out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
