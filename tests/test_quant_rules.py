@@ -149,3 +149,22 @@ def test_parse_rules_accepts_every_documented_key() -> None:
         "fast_bias_correction": False, "note": "why"}}}, "inline")
     assert rules.family("catm").settings() == {"model_type": "cnn", "preset": "performance",
                                                "smooth_quant_alpha": -1, "fast_bias_correction": False}
+
+
+def test_int8_latency_cache_keys_follow_the_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INT8 latency cached under one rule set is not served under another (the INT8 model differs);
+    float precisions do not depend on the rules."""
+    from nas.latency._measure import _model_key
+
+    committed = _model_key("arch", 224, "openvino", 2, "int8")
+    fp32 = _model_key("arch", 224, "openvino", 2, "fp32")
+    data = yaml.safe_load(RULES_FILE.read_text())
+    same, changed = tmp_path / "same.yaml", tmp_path / "changed.yaml"
+    same.write_bytes(RULES_FILE.read_bytes())
+    data["families"]["litemla"]["preset"] = "mixed"
+    changed.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("VITNAS_QUANT_RULES", str(same))
+    assert _model_key("arch", 224, "openvino", 2, "int8") == committed
+    monkeypatch.setenv("VITNAS_QUANT_RULES", str(changed))
+    assert _model_key("arch", 224, "openvino", 2, "int8") != committed
+    assert _model_key("arch", 224, "openvino", 2, "fp32") == fp32

@@ -68,6 +68,10 @@ def _after_loaded(previous: LatencyStats | None, new: LatencyStats) -> LatencySt
 
 
 def _model_key(key: str, resolution: int, backend: str, threads: int, precision: str) -> CacheKey:
+    if precision == "int8":  # INT8 of a torch model is what the INT8 rules make of it: other rules, another model
+        from nas.quant_rules import load_rules
+
+        key = f"{key}+rules-{load_rules().digest()}"
     return CacheKey(key, backend, backends.device_name(backend), resolution, threads,
                     backends.runtime_version(backend), precision, machine_id())
 
