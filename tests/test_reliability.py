@@ -46,9 +46,15 @@ def env_with(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as an interactive shell leaves it: a suite started in the background (`cmd &` without job
+    control) hands its children SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def search(results: Path, run: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(search_cmd(results, run, *args), capture_output=True, text=True, timeout=300,
-                          env=env or env_with())
+                          env=env or env_with(), preexec_fn=_as_from_a_terminal)
 
 
 def study_of(run_dir: Path, storage: str | None = None) -> optuna.Study:

@@ -17,9 +17,11 @@ it as `<name>.jsonl`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import astuple, fields
 from pathlib import Path
@@ -31,6 +33,7 @@ from nas.latency._stats import CacheKey, LatencyStats
 
 SCHEMA = 2  # 2: precision and machine fingerprint in the key (schema-1 entries had neither: ignored)
 ENV_VAR = "VITNAS_LATENCY_CACHE"
+PREPARE_RETRY_SECONDS = 30.0  # how long opening retries a "locked" answer (see LatencyCache._db)
 APPLICATION_ID = 0x764E4C43  # "vNLC" in the header: marks a database as this cache
 _MAGIC = b"SQLite format 3\x00"
 _KEY_COLUMNS = tuple(f.name for f in fields(CacheKey))
@@ -141,15 +144,25 @@ class LatencyCache:
         if header and header != _MAGIC:
             raise CacheError(f"{self.path}: not a latency cache (not an SQLite database); delete it or move it "
                              "aside (a cache only saves re-measuring)")
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        try:
-            _prepare(db, self.path)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise self._error(exc) from None
-        except BaseException:
-            db.close()
-            raise
+        deadline = time.monotonic() + PREPARE_RETRY_SECONDS
+        for attempt in itertools.count():
+            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            try:
+                _prepare(db, self.path)
+                break
+            except sqlite3.OperationalError as exc:
+                db.close()
+                # Switching a fresh file to WAL (or recovering one) answers "locked" at once to processes
+                # opening it meanwhile, without waiting out the busy timeout: wait and try again.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise self._error(exc) from None
+                time.sleep(min(1.0, 0.05 * (attempt + 1)))
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise self._error(exc) from None
+            except BaseException:
+                db.close()
+                raise
         self._connection, self._pid = db, os.getpid()
         return db
 
