@@ -78,14 +78,12 @@ def point(phase: str, trial: int | None = None) -> None:
     trial = _current_trial if trial is None else trial
     for signal_name, name, selector in _entries():
         if name == phase and (selector is None or selector == trial or selector in _current_mixers):
-            if signal_name == "int":
-                # At the main thread, whose sleep it interrupts: sent to the process, the kernel may hand
-                # it to a busy worker thread, and the main thread would sleep on and raise below.
+            if signal_name == "int":  # at the main thread, where Python raises KeyboardInterrupt
                 signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                time.sleep(60)  # KeyboardInterrupt comes out of this sleep
             elif signal_name:
                 os.kill(os.getpid(), SIGNALS[signal_name])
-                time.sleep(60)
+            if signal_name:
+                time.sleep(60)  # the signal lands here (SIGINT: KeyboardInterrupt comes out of the sleep)
             raise InjectedFault(f"injected {phase} fault (VITNAS_FAULTS)")
 
 

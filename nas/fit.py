@@ -87,12 +87,11 @@ def fit_space(space: SearchSpace, num_classes: int, budget_ms: float, latency_ms
     target = TARGET * budget_ms
     rounds: list[dict[str, Any]] = []
 
-    def time_round(multiplier: float, latencies: list[float]) -> dict[str, Any]:
-        """Time the draws not yet timed at `multiplier`, up to `probe` of them or (completing) all."""
+    def time_round(multiplier: float, upto: int, timed: tuple[float, ...] = ()) -> dict[str, Any]:
+        """The round at `multiplier` over the first `upto` draws; `timed` holds those already timed there."""
         scaled = space.scaled(multiplier)
-        wanted = len(draws) if latencies else min(probe, len(draws))
-        latencies = latencies + [latency_ms(scaled.decode(scaled.suggest(draw), num_classes))
-                                 for draw in draws[len(latencies):wanted]]
+        latencies = [*timed, *(latency_ms(scaled.decode(scaled.suggest(draw), num_classes))
+                               for draw in draws[len(timed):upto])]
         median = statistics.median(latencies)
         if progress is not None:
             progress(f"fit: widths x{multiplier:g}: median {median:.2f} ms of {len(latencies)} random architectures")
@@ -100,7 +99,7 @@ def fit_space(space: SearchSpace, num_classes: int, budget_ms: float, latency_ms
 
     multiplier = 1.0
     for _ in range(MAX_ROUNDS):
-        rounds.append(time_round(multiplier, []))
+        rounds.append(time_round(multiplier, min(probe, len(draws))))
         median = rounds[-1]["median_ms"]
         if BAND[0] * budget_ms <= median <= BAND[1] * budget_ms or len(rounds) == MAX_ROUNDS:
             break
@@ -110,7 +109,7 @@ def fit_space(space: SearchSpace, num_classes: int, budget_ms: float, latency_ms
     index = min(range(len(rounds)), key=lambda i: abs(math.log(rounds[i]["median_ms"] / target)))
     chosen = rounds[index]
     if len(chosen["latencies_ms"]) < len(draws):  # complete the chosen round: its samples become trials
-        chosen = rounds[index] = time_round(chosen["multiplier"], chosen["latencies_ms"])
+        chosen = rounds[index] = time_round(chosen["multiplier"], len(draws), tuple(chosen["latencies_ms"]))
     scaled = space.scaled(chosen["multiplier"])
     return SpaceFit(multiplier=chosen["multiplier"], budget_ms=budget_ms, median_ms=chosen["median_ms"],
                     rounds=rounds, samples=[scaled.suggest(draw) for draw in draws])
