@@ -75,14 +75,18 @@ def run_splits(run_dir: Path, resolution: int, config: dict[str, Any] | None = N
     """
     config = config if config is not None else read_config(run_dir)
     splits = load_dataset(config.get("data"), resolution, seed=int(config.get("seed") or 0), limit=config.get("limit"))
+    check_split_manifest(run_dir, splits, config.get("data"))
+    return splits
+
+
+def check_split_manifest(run_dir: Path, splits: Splits, data: str | None) -> None:
+    """UserError unless `splits` are the ones the run recorded (nothing recorded yet: fine)."""
     recorded = run_dir / SPLITS_FILE
     expected = read_json(recorded)
-    if expected is not None:
-        if expected != splits.manifest():
-            raise UserError(f"{recorded}: the data at {config.get('data') or 'mnist'} no longer gives this run's "
-                            f"splits (recorded {expected}, now {splits.manifest()}); restore the data or start a "
-                            "new run")
-    return splits
+    if expected is not None and expected != splits.manifest():
+        raise UserError(f"{recorded}: the data at {data or 'mnist'} no longer gives this run's "
+                        f"splits (recorded {expected}, now {splits.manifest()}); restore the data or start a "
+                        "new run")
 
 
 def write_split_manifest(run_dir: Path, splits: Splits) -> None:

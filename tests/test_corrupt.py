@@ -250,6 +250,8 @@ CORPUS: dict[str, Builder] = {
     "search latency cache garbage": in_run("nas.search", _put(lambda r: r / "latency_cache.sqlite", GARBAGE)),
     "search latency cache truncated": in_run("nas.search", _cut(lambda r: r / "latency_cache.sqlite")),
     "search config.yaml garbage": in_run("nas.search", _put(lambda r: r / "config.yaml", GARBAGE)),
+    "search splits.json truncated": in_run("nas.search", _cut(lambda r: r / "splits.json")),
+    "search splits.json of other images": in_run("nas.search", _put(lambda r: r / "splits.json", b'{"train": 1}')),
     "search --space yaml of the wrong type": in_run("nas.search", _put(lambda r: r / "space.yaml", b"42\n"),
                                                     "--space", "{run}/space.yaml"),
     # nas.train (final training, nas.final)

@@ -398,3 +398,12 @@ def test_cli_times_an_ir_as_json(exported, tmp_path):
 def test_cache_key_str_is_unambiguous():
     assert CacheKey("a|b", "openvino", "cpu", 224, 2, "1").as_str() != CacheKey(
         "a", "b|openvino", "cpu", 224, 2, "1").as_str()
+
+
+def test_int8_latency_draws_no_nncf_progress_bars(capfd: pytest.CaptureFixture[str]) -> None:
+    """A search quantizes every candidate at --precision int8: NNCF's rich bars must not reach the terminal."""
+    capfd.readouterr()
+    stats = measure(tiny_model(), RES, threads=1, precision="int8", settings=FAST)
+    captured = capfd.readouterr()
+    assert stats.precision == "int8"
+    assert "Statistics collection" not in captured.out + captured.err, captured.out[-500:]

@@ -308,6 +308,20 @@ def _synthetic_calibration(resolution: int, count: int = 8) -> list[np.ndarray]:
 
 
 @contextmanager
+def nncf_progress_hidden() -> Iterator[None]:
+    """NNCF draws rich progress bars on rich's global console at every quantization: a search that
+    quantizes each candidate would bury its own progress line under them."""
+    import rich
+
+    console = rich.get_console()
+    was_quiet, console.quiet = console.quiet, True
+    try:
+        yield
+    finally:
+        console.quiet = was_quiet
+
+
+@contextmanager
 def model_runner(backend: str, model: nn.Module, resolution: int, threads: int,
                  precision: str = DEFAULT_PRECISION) -> Iterator[Step]:
     """Prepare `model` on `backend` at `precision` (export/compile/quantize outside the caller's
@@ -325,7 +339,8 @@ def model_runner(backend: str, model: nn.Module, resolution: int, threads: int,
             if precision == "int8":
                 from nas.quantization import mixers_of, quantize_openvino
 
-                ov_model = quantize_openvino(ov_model, _synthetic_calibration(resolution), mixers=mixers_of(model))
+                with nncf_progress_hidden():
+                    ov_model = quantize_openvino(ov_model, _synthetic_calibration(resolution), mixers=mixers_of(model))
             yield _ov_step(ov_model, threads, example_input(resolution).numpy(), precision)
         elif backend == "onnxruntime":
             with tempfile.TemporaryDirectory(prefix="vitnas-latency-") as tmp:

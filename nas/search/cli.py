@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     identity = run_identity(args, space_file, space, threads, splits.num_classes)
     config = resolved_config(identity, args)
     check_resume(run_dir, config)
+    from nas.final import check_split_manifest, write_split_manifest
+
+    check_split_manifest(run_dir, splits, args.data)  # a resumed run trains on the images it began with
     # Open the cache and the storage before writing anything: a refused invocation leaves a run untouched.
     cache = LatencyCache(run_dir / "latency_cache.sqlite")  # checks an existing file; creates none yet
     storage_url = args.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
@@ -232,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
                         journal=storage_url.startswith("journal:"))
     check_study_identity(study, identity)
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    from nas.final import write_split_manifest
-
     write_split_manifest(run_dir, splits)  # later commands (nas.train, compress) check they reload these images
     atomic_write(run_dir / "environment.json",
                  json.dumps(environment(threads, args.backend, args.precision), indent=2))
