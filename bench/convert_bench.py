@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{totals['convert_openvino']:.1f} s: ratio {ratio:.2f}; IR identical: {sum(identical)}/{len(identical)}")
     out = args.out or RESULTS / f"convert_{cpu_slug(machine)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from nas.atomic import atomic_write
+
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
     print(f"saved {out}")
     return 0 if all(identical) else 1
 

@@ -33,6 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/interference_bench.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nas.atomic import atomic_write
 from nas.latency import MeasureSettings, _timing, add_wait_hook, describe_machine, remove_wait_hook, runtime_version
 from nas.machine_lock import measuring
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = args.out or RESULTS / f"interference_bench_{cpu_slug(machine)}{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write(path, json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return 0
 

@@ -35,6 +35,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python bench/latency_bench.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nas.atomic import atomic_write
 from nas.latency import (
     LatencyStats,
     MeasureSettings,
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     report["settings"]["seconds_total"] = round(time.time() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "latency_bench_quick" if quick else "latency_bench"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    atomic_write(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
     plot(report, args.out / f"{stem}.png")
     print_table(report)
     print(f"\nwrote {args.out / f'{stem}.json'} and {stem}.png in {report['settings']['seconds_total']} s")

@@ -64,12 +64,12 @@ def _family_rate(family: str, scale: float, splits: Any, spec: dict[str, Any]) -
     from nas.baselines import FAMILIES
     from nas.data import batches
     from nas.models import build_model
-    from nas.train import _make_optimizer, seed_everything
+    from nas.train import make_optimizer, seed_everything
 
     seed_everything(0)
     memory = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
     model = build_model(FAMILIES[family](scale, splits.num_classes)).train().to(memory_format=memory)
-    optimizer = _make_optimizer(model, 2e-3, 0.05)
+    optimizer = make_optimizer(model, 2e-3, 0.05)
     step_model: Any = torch.compile(model) if spec.get("compile") else model
     batch_size = spec.get("batch_size", 64)
 

@@ -55,6 +55,13 @@ class TrialSettings:
     eta: int = 3  # rung spacing and promotion ratio
 
 
+def _not_trained(trial: optuna.Trial, reason: str) -> None:
+    """Record a candidate that stops before training (accuracy 0: the constraint keeps it off the front)."""
+    trial.set_user_attr("trained", False)
+    trial.set_user_attr("epochs", 0)
+    trial.set_user_attr("stop_reason", reason)
+
+
 class Objective:
     def __init__(self, space: SearchSpace, splits: Splits, settings: TrialSettings, cache: LatencyCache,
                  latency_source: LatencySource | None = None, predictor: Predictor | None = None) -> None:
@@ -132,10 +139,9 @@ class Objective:
         if predicted <= limit:
             return False
         trial.set_constraint("latency", predicted - s.budget_ms)
-        trial.set_user_attr("trained", False)
-        trial.set_user_attr("epochs", 0)
-        trial.set_user_attr("stop_reason", f"rejected by prediction ({predicted:.3g} ms > {s.budget_ms:g} ms + "
-                                           f"{100 * predictor.margin:.0f}% margin): not built")
+        trial.set_user_attr("rejected_by_prediction", True)
+        _not_trained(trial, f"rejected by prediction ({predicted:.3g} ms > {s.budget_ms:g} ms + "
+                            f"{100 * predictor.margin:.0f}% margin): not built")
         return True
 
     def _check_surplus(self, trial: optuna.Trial) -> None:
@@ -171,10 +177,7 @@ class Objective:
         # report, the progress bar and the exit code all read it.
         trial.set_constraint("latency", stats.ms - self.settings.budget_ms)
         if stats.ms > self.settings.budget_ms:
-            trial.set_user_attr("trained", False)
-            trial.set_user_attr("epochs", 0)
-            trial.set_user_attr("stop_reason", f"over budget ({stats.ms:.3g} > {self.settings.budget_ms:g} ms): "
-                                               "not trained")
+            _not_trained(trial, f"over budget ({stats.ms:.3g} > {self.settings.budget_ms:g} ms): not trained")
             trial.set_user_attr("seconds", time.perf_counter() - started)
             return 0.0, stats.ms
 

@@ -175,7 +175,7 @@ def summary_md(config: dict[str, Any], trials: list[FrozenTrial], winners: list[
         f"- trials: {len(trials)} ({', '.join(f'{k.lower()} {v}' for k, v in states.items() if v)}); "
         f"within budget: {sum(is_feasible(t) for t in complete)}, over budget: "
         f"{sum(not is_feasible(t) for t in complete)} (rejected by prediction, not built: "
-        f"{sum(str(t.user_attrs.get('stop_reason', '')).startswith('rejected by prediction') for t in complete)})",
+        f"{sum(bool(t.user_attrs.get('rejected_by_prediction')) for t in complete)})",
         "",
     ]
     if complete and not any(is_feasible(t) for t in complete):

@@ -112,7 +112,7 @@ def train_proxy(
     with torch_threads(threads):
         seed_everything(seed)
         steps_per_epoch = _steps_per_epoch(len(splits.train), batch_size)
-        optimizer = _make_optimizer(model, lr, weight_decay)
+        optimizer = make_optimizer(model, lr, weight_decay)
         warmup_steps = round(warmup_epochs * steps_per_epoch)
         scheduler = _cosine_schedule(optimizer, epochs * steps_per_epoch, warmup_steps)
         curves: dict[str, list[float]] = {"val": [], "test": [], "loss": []}
@@ -212,7 +212,7 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def _make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; biases and norm/scale vectors (1-d parameters) get no weight decay, as usual for ViTs."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
