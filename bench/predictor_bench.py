@@ -1,18 +1,25 @@
 """Latency predictor accuracy on held-out architectures (none used in its calibration).
 
 For architectures sampled from the default space and from search_spaces/wide.yaml (which reaches
-about 3x the 5 ms budget; all-attention architectures added on purpose), compare the predictor
+past 3x the 5 ms budget; all-attention architectures added on purpose), compare the predictor
 (nas.latency.load_predictor, calibrated by `python -m nas.latency --calibrate --space ...`) with
 the measured quiet-machine estimate (nas.latency.measure, default settings, no cache): share within
 +-5% and +-10%, RMSE, Spearman, 99th percentile of the relative error. Each precision is a section
 of bench/results/predictor_<cpu>.json (a run of one precision keeps the other's section), with the
 machine description and the load while measuring.
 
+The reference itself is noisy (every measurement compiles the model afresh): `--again` measures the
+section's architectures once more (run it in another quiet window), the reference becomes the mean
+of the quiet runs, and the summary's `repeatability` says how far two runs of one architecture lie
+apart, a floor under any predictor's error. Architectures the calibration has since timed are left
+out of the metrics (no longer held out); `--rescore` recomputes the predictions and metrics of the
+saved rows against the current calibration without timing.
+
+    python -m bench.predictor_bench                  # ~8 min: 20 + 20 + 8 archs
+    python -m bench.predictor_bench --again          # the same archs again (repeatability)
     python -m nas.latency --calibrate --space search_spaces/default.yaml --space search_spaces/wide.yaml
-    python -m bench.predictor_bench                  # ~6 min: 20 + 20 + 8 archs
-    python -m nas.latency --calibrate --precision int8 --space ... --space ...
-    python -m bench.predictor_bench --precision int8 --per-space 8 --attention 4
-Run them inside a quiet window (nothing else busy on the machine).
+    python -m bench.predictor_bench --rescore        # predictions of the new calibration
+Run the timing commands inside a quiet window (nothing else busy on the machine).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ if __package__ in (None, ""):  # `python bench/predictor_bench.py`: make `nas` i
 
 from nas.arch import Arch
 from nas.atomic import atomic_write
-from nas.latency import default_threads, describe_machine, load_predictor, measure
+from nas.latency import Predictor, default_threads, describe_machine, load_predictor, measure
 from nas.latency._predictor import sample_archs
 from nas.mixers import mixer_info
 from nas.space import DEFAULT_SPACE, SearchSpace, choices, load_space
@@ -60,12 +67,12 @@ def attention_archs(space: SearchSpace, count: int, seed: int) -> list[Arch]:
     return sample_archs(space, count, seed, adjust=attention_only)
 
 
-def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def metrics(rows: list[dict[str, Any]], reference: str = "measured_ms") -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     if not rows:
         return {"archs": 0}
-    measured = np.array([r["measured_ms"] for r in rows])
+    measured = np.array([r[reference] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
     rel = predicted / measured - 1.0
     return {
@@ -79,8 +86,20 @@ def metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_over_relative": float(np.percentile(np.maximum(rel, 0.0), 99)),
         "max_abs_relative": float(np.abs(rel).max()),
         "measured_ms_range": [float(measured.min()), float(measured.max())],
-        "max_others_cpu": max((r["others_cpu"] or 0.0) for r in rows),
+        "max_others_cpu": max(max(run["others_cpu"] or 0.0 for run in r["runs"] if not run["loaded"]) for r in rows),
     }
+
+
+def repeatability(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far the first two quiet runs of one architecture lie apart (second / first - 1)."""
+    pairs = [[run["ms"] for run in r["runs"] if not run["loaded"]][:2] for r in rows]
+    diff = np.array([b / a - 1.0 for a, b in (p for p in pairs if len(p) == 2)])
+    if not len(diff):
+        return {"archs": 0}
+    return {"archs": len(diff), "median_relative": float(np.median(diff)),
+            "median_abs_relative": float(np.median(np.abs(diff))), "max_abs_relative": float(np.abs(diff).max()),
+            "over_5": float(np.mean(np.abs(diff) > 0.05)), "over_10": float(np.mean(np.abs(diff) > 0.10)),
+            "rms_relative": float(np.sqrt(np.mean(diff ** 2)))}
 
 
 def _say(message: str) -> None:
@@ -108,46 +127,85 @@ def search_check(run_dir: Path, wall_s: float) -> dict[str, Any]:
             "summary_lines": [line for line in summary.splitlines() if "rejected" in line or "budget" in line]}
 
 
-def rescore(args: argparse.Namespace) -> int:
-    """The saved measurements of held-out archs against the current calibration's predictions (rows
-    of archs the calibration has since timed are dropped: they are no longer held out)."""
-    from bench.precision_bench import cpu_slug
+def held_out_sets(per_space: int, attention: int) -> dict[str, list[Arch]]:
+    """The held-out draws (fixed seeds): `per_space` per space, plus `attention` all-attention wide ones."""
+    sets: dict[str, list[Arch]] = {}
+    for i, (name, path) in enumerate((("default", DEFAULT_SPACE), ("wide", WIDE_SPACE))):
+        space = load_space(path)
+        sets[name] = sample_archs(space, per_space, SEED + i)
+        if name == "wide" and attention:
+            sets[name] += [a for a in attention_archs(space, attention, SEED + 7)
+                           if a.hash not in {b.hash for b in sets[name]}]
+    return sets
 
-    threads = args.threads or default_threads()
-    predictor = load_predictor(threads=threads, resolution=args.resolution, precision=args.precision)
-    old = json.loads(args.rescore.read_text())["precisions"][args.precision]
+
+def measure_run(arch: Arch, precision: str, threads: int, resolution: int) -> dict[str, Any]:
+    """One measurement of `arch` (built, converted and compiled afresh), as the search measures."""
+    from nas.models import build_model
+
+    started = time.perf_counter()
+    stats = measure(build_model(arch), resolution, "openvino", threads, precision=precision)
+    return {"ms": stats.ms, "others_cpu": stats.others_cpu, "loaded": bool(getattr(stats, "loaded", False)),
+            "unsteady": stats.unsteady, "at": time.time(), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _reference(row: dict[str, Any]) -> None:
+    """The row's reference: the mean of its quiet runs (all runs' fastest when every run was loaded)."""
+    quiet = [run["ms"] for run in row["runs"] if not run["loaded"]]
+    row["loaded"] = not quiet
+    row["measured_ms"] = float(np.mean(quiet)) if quiet else min(run["ms"] for run in row["runs"])
+
+
+def score(section: dict[str, Any], predictor: Predictor) -> None:
+    """Predict every row with `predictor` and summarise, in place. Rows of archs the calibration timed
+    and rows without a quiet run are kept (flagged) but left out of the metrics."""
     calibration = set(predictor.archs)
-    rows = []
-    for row in old["rows"]:
-        if row["arch_hash"] in calibration:
-            continue
-        predicted = predictor.predict(Arch.from_dict(row["arch"])).ms
-        rows.append({**row, "predicted_ms": predicted, "relative_error": predicted / row["measured_ms"] - 1.0})
-    quiet = [r for r in rows if not r["loaded"]]
-    summary = {name: metrics([r for r in quiet if r["space"] == name]) for name in ("default", "wide")}
-    summary["all_attention"] = metrics([r for r in quiet if r["all_attention"]])
-    summary["all"] = metrics(quiet)
-    machine = describe_machine()
-    out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
-    result = json.loads(out.read_text()) if out.is_file() else {"machine": machine}
-    result.setdefault("precisions", {})[f"{args.precision}_rescored"] = {
-        "measured_in": str(args.rescore), "measured_settings": old["settings"], "measured_load": old["load"],
-        "predictor": {"spaces": predictor.spaces, "units": len(predictor.unit_ms), "correction": predictor.correction,
-                      "margin": predictor.margin,
-                      "calibration": {k: v for k, v in predictor.error.items() if k != "relative_errors"},
-                      "calibration_archs": len(calibration)},
-        "summary": summary, "rows": rows}
-    atomic_write(out, json.dumps(result, indent=1))
+    for row in section["rows"]:
+        _reference(row)
+        started = time.perf_counter()
+        prediction = predictor.predict(Arch.from_dict(row["arch"]))
+        row.update(predicted_ms=prediction.ms, relative_error=prediction.ms / row["measured_ms"] - 1.0,
+                   regressed_units=prediction.regressed, predict_seconds=time.perf_counter() - started,
+                   in_calibration=row["arch_hash"] in calibration)
+    used = [r for r in section["rows"] if not r["loaded"] and not r["in_calibration"]]
+    spaces = sorted({r["space"] for r in used}, key=["default", "wide"].index)
+    summary: dict[str, Any] = {name: metrics([r for r in used if r["space"] == name]) for name in spaces}
+    summary["all_attention"] = metrics([r for r in used if r["all_attention"]])
+    summary["all"] = metrics(used)
+    for run in (0, 1):  # against one run alone (rows with that run quiet)
+        alone = [{**r, "run_ms": r["runs"][run]["ms"]} for r in used
+                 if len(r["runs"]) > run and not r["runs"][run]["loaded"]]
+        if alone and any(len(r["runs"]) > 1 for r in used):
+            summary[f"against_run_{run + 1}"] = {name: metrics([r for r in alone if r["space"] == name], "run_ms")
+                                                 for name in spaces}
+    summary["repeatability"] = {name: repeatability([r for r in used if r["space"] == name]) for name in spaces}
+    section["summary"] = summary
+    section["predictor"] = {"runtime_version": predictor.runtime_version, "machine": predictor.machine,
+                            "spaces": predictor.spaces, "units": len(predictor.unit_ms),
+                            "model": getattr(predictor, "model", None), "correction": predictor.correction,
+                            "margin": predictor.margin,
+                            "created_at": predictor.created_at,
+                            "calibration": {k: v for k, v in predictor.error.items() if k != "relative_errors"},
+                            "calibration_archs": len(calibration)}
+
+
+def _table(summary: dict[str, Any]) -> None:
+    print(f"{'set':<14}{'archs':>6}{'+-5%':>8}{'+-10%':>8}{'RMSE ms':>9}{'Spearman':>10}{'p99 |e|':>9}{'range ms':>14}")
     for name, m in summary.items():
-        if m["archs"]:
+        if isinstance(m, dict) and m.get("archs") and "within_10" in m:
+            lo, hi = m["measured_ms_range"]
             print(f"{name:<14}{m['archs']:>6}{100 * m['within_5']:>7.0f}%{100 * m['within_10']:>7.0f}%"
-                  f"{m['rmse_ms']:>9.3f}{m['spearman'] or 0:>10.3f}")
-    return 0
+                  f"{m['rmse_ms']:>9.3f}{m['spearman'] or 0:>10.3f}{100 * m['p99_abs_relative']:>8.1f}%"
+                  f"{lo:>7.2f}-{hi:<6.2f}")
+    for name, r in summary.get("repeatability", {}).items():
+        if r.get("archs"):
+            print(f"repeatability {name}: {r['archs']} archs, run 2 / run 1 median {100 * r['median_relative']:+.1f}%, "
+                  f"|.| median {100 * r['median_abs_relative']:.1f}% max {100 * r['max_abs_relative']:.1f}%, "
+                  f"{100 * r['over_5']:.0f}% over 5%")
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
-    from nas.models import build_model
 
     p = argparse.ArgumentParser(prog="python -m bench.predictor_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,93 +216,64 @@ def main(argv: list[str] | None = None) -> int:
                                                             f"{default_threads()})")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/predictor_<cpu>.json)")
+    p.add_argument("--again", action="store_true",
+                   help="measure the archs of the --out file's section once more (repeatability; reference = mean)")
+    p.add_argument("--rescore", action="store_true",
+                   help="no timing: predict the section's rows with the current calibration and summarise again")
     p.add_argument("--search-run", type=Path, default=None,
                    help="instead: record where a finished search's wall time went (its run folder)")
     p.add_argument("--search-wall-s", type=float, default=None, help="with --search-run: the search's wall seconds")
     p.add_argument("--search-note", default="", help="with --search-run: how the search was run")
-    p.add_argument("--rescore", type=Path, default=None,
-                   help="instead: predict the measured rows of an earlier result JSON (its --precision section) "
-                        "with the current calibration, without timing; written as section '<precision>_rescored'")
     args = p.parse_args(argv)
-    if args.rescore is not None:
-        return rescore(args)
+    machine = describe_machine()
+    out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
+    result = json.loads(out.read_text()) if out.is_file() else {}
     if args.search_run is not None:
-        machine = describe_machine()
-        out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
-        result = json.loads(out.read_text()) if out.is_file() else {"machine": machine}
         result["search"] = {**search_check(args.search_run, args.search_wall_s), "note": args.search_note}
         atomic_write(out, json.dumps(result, indent=1))
         print(json.dumps(result["search"], indent=1))
         return 0
     threads = args.threads or default_threads()
     predictor = load_predictor(threads=threads, resolution=args.resolution, precision=args.precision)
-    calibration = set(predictor.archs)
-    sets: dict[str, list[Arch]] = {}
-    for i, (name, path) in enumerate((("default", DEFAULT_SPACE), ("wide", WIDE_SPACE))):
-        space = load_space(path)
-        drawn = [a for a in sample_archs(space, args.per_space * 2, SEED + i) if a.hash not in calibration]
-        sets[name] = drawn[:args.per_space]
-        if name == "wide" and args.attention:
-            extra = [a for a in attention_archs(space, args.attention, SEED + 7) if a.hash not in calibration
-                     and a.hash not in {b.hash for b in sets[name]}]
-            sets[name] += extra
-    rows: list[dict[str, Any]] = []
-    load_before = os.getloadavg()
-    started = time.time()
-    for name, archs in sets.items():
-        for index, arch in enumerate(archs):
-            t0 = time.perf_counter()
-            prediction = predictor.predict(arch)
-            predict_s = time.perf_counter() - t0
-            stats = measure(build_model(arch), args.resolution, "openvino", threads, precision=args.precision)
-            row = {"space": name, "arch_hash": arch.hash, "all_attention": all_attention(arch),
-                   "mixers": [s.mixer for s in arch.stages], "predicted_ms": prediction.ms,
-                   "measured_ms": stats.ms, "relative_error": prediction.ms / stats.ms - 1.0,
-                   "regressed_units": prediction.regressed, "predict_seconds": predict_s,
-                   "others_cpu": stats.others_cpu, "loaded": bool(getattr(stats, "loaded", False)),
-                   "unsteady": stats.unsteady, "arch": arch.to_dict()}
-            rows.append(row)
-            _say(f"{args.precision} {name} {index + 1}/{len(archs)} {arch.hash}: predicted {prediction.ms:.2f} ms, "
-                 f"measured {stats.ms:.2f} ms ({100 * row['relative_error']:+.1f}%)")
-    load_after = os.getloadavg()
-    # A measurement other processes kept loaded throughout is no quiet-machine estimate: kept in the
-    # rows (flagged), left out of the metrics.
-    quiet = [r for r in rows if not r["loaded"]]
-    summary = {name: metrics([r for r in quiet if r["space"] == name]) for name in sets}
-    summary["all_attention"] = metrics([r for r in quiet if r["all_attention"]])
-    summary["all"] = metrics(quiet)
-    section = {
-        "settings": {"backend": "openvino", "precision": args.precision, "threads": threads,
-                     "resolution": args.resolution,
-                     "per_space": args.per_space, "attention_extra": args.attention, "seed": SEED,
-                     "measure": "nas.latency.measure, default MeasureSettings, no cache (quiet-machine estimate)"},
-        "load": {"loadavg_before": load_before, "loadavg_after": load_after,
-                 "max_others_cpu_in_metrics": summary["all"].get("max_others_cpu"),
-                 "max_others_cpu": max((r["others_cpu"] or 0.0) for r in rows),
-                 "loaded_measurements": sum(r["loaded"] for r in rows)},
-        "seconds": round(time.time() - started, 1),
-        "predictor": {"runtime_version": predictor.runtime_version, "machine": predictor.machine,
-                      "spaces": predictor.spaces, "units": len(predictor.unit_ms),
-                      "correction": predictor.correction, "margin": predictor.margin,
-                      "calibration": {k: v for k, v in predictor.error.items() if k != "relative_errors"},
-                      "calibration_archs": len(calibration)},
-        "summary": summary,
-        "rows": rows,
-    }
-    machine = describe_machine()
-    out = args.out or RESULTS / f"predictor_{cpu_slug(machine)}.json"
-    result = json.loads(out.read_text()) if out.is_file() else {}
+    section = result.get("precisions", {}).get(args.precision)
+    if (args.again or args.rescore) and not (section and section.get("rows") and "runs" in section["rows"][0]):
+        print(f"error: {out} has no {args.precision} section with runs to re-measure or rescore", file=sys.stderr)
+        return 2
+    if not args.rescore:
+        if args.again:
+            todo = [(row, Arch.from_dict(row["arch"])) for row in section["rows"]]
+        else:
+            rows = [{"space": name, "arch_hash": arch.hash, "all_attention": all_attention(arch),
+                     "mixers": [s.mixer for s in arch.stages], "runs": [], "arch": arch.to_dict()}
+                    for name, archs in held_out_sets(args.per_space, args.attention).items() for arch in archs]
+            section = {"settings": {"backend": "openvino", "precision": args.precision, "threads": threads,
+                                    "resolution": args.resolution, "per_space": args.per_space,
+                                    "attention_extra": args.attention, "seed": SEED, "spaces": {
+                                        "default": str(DEFAULT_SPACE.relative_to(DEFAULT_SPACE.parents[1])),
+                                        "wide": str(WIDE_SPACE.relative_to(WIDE_SPACE.parents[1]))},
+                                    "measure": "nas.latency.measure, default MeasureSettings, no cache "
+                                               "(quiet-machine estimate); reference = mean of the quiet runs"},
+                       "sweeps": [], "rows": rows}
+            todo = [(row, Arch.from_dict(row["arch"])) for row in rows]
+        load_before, started = os.getloadavg(), time.time()
+        for index, (row, arch) in enumerate(todo):
+            run = measure_run(arch, args.precision, threads, args.resolution)
+            row["runs"].append(run)
+            _say(f"{args.precision} {row['space']} {index + 1}/{len(todo)} {arch.hash}: {run['ms']:.2f} ms"
+                 f"{' (loaded)' if run['loaded'] else ''}; predicted {predictor.predict(arch).ms:.2f} ms")
+        section["sweeps"].append({"started_at": started, "seconds": round(time.time() - started, 1),
+                                  "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                                  "max_others_cpu": max((r["runs"][-1]["others_cpu"] or 0.0) for r, _ in todo),
+                                  "loaded_measurements": sum(r["runs"][-1]["loaded"] for r, _ in todo),
+                                  "note": os.environ.get("PREDICTOR_BENCH_NOTE", "")})
+    score(section, predictor)
     if "precisions" not in result:  # a file of the one-precision layout: start afresh
         result = {key: value for key, value in result.items() if key == "search"}
     result.setdefault("precisions", {})[args.precision] = section
     result["machine"] = machine
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, json.dumps(result, indent=1))
-    print(f"{'set':<14}{'archs':>6}{'+-5%':>8}{'+-10%':>8}{'RMSE ms':>9}{'Spearman':>10}{'p99 |e|':>9}")
-    for name, m in summary.items():
-        if m["archs"]:
-            print(f"{name:<14}{m['archs']:>6}{100 * m['within_5']:>7.0f}%{100 * m['within_10']:>7.0f}%"
-                  f"{m['rmse_ms']:>9.3f}{m['spearman'] or 0:>10.3f}{100 * m['p99_abs_relative']:>8.1f}%")
+    _table(section["summary"])
     print(f"written {out}")
     return 0
 
