@@ -11,10 +11,12 @@ EfficientViT-B0 (random weights: latency only), at 224 px, batch 1, sync, 1 stre
   latency  the same IR without counters by our clock (nas.latency.measure_ir) and by `benchmark_app`
            (bench.latency_bench.run_benchmark_app: sync, 1 stream, the threads, pinned precision).
 Precisions: fp32 (hint f32), bf16 (hint bf16, where the CPU has it) and int8 (the NNCF IR built by
-nas.quantization from the rules data, float islands at f32). With --avx2 the same runs repeat with
-ONEDNN_MAX_CPU_ISA=AVX2 (set before OpenVINO loads, in a child process): oneDNN's kernels are capped
-at AVX2, which the exec_type strings verify; OpenVINO's own jit nodes (eltwise subgraphs, reduces)
-may still use AVX-512. That is AVX2 *emulated on this Xeon*, not an AVX2-only CPU (e.g. AMD EPYC).
+nas.quantization from the rules data, float parts at the project's INT8 hint: bf16 where the CPU has it,
+nas.latency._precision.int8_float_hint; `int8@f32` repeats it with f32 float parts there). With --avx2
+the same runs repeat with ONEDNN_MAX_CPU_ISA=AVX2 (set before OpenVINO loads, in a child process):
+oneDNN's kernels are capped at AVX2, which the exec_type strings verify; OpenVINO's own jit nodes
+(eltwise subgraphs, reduces) may still use AVX-512. That is AVX2 *emulated on this Xeon*, not an
+AVX2-only CPU (e.g. AMD EPYC).
 
     nice -n 19 python -m bench.int8_profile --run DIR --prepare-only   # export + quantize (CPU heavy)
     python -m bench.int8_profile --run DIR --avx2                      # time (under the quiet lock)
@@ -232,10 +234,10 @@ def worker(manifest_path: Path, out_path: Path, precisions: list[str], threads: 
     out: dict[str, Any] = {}
     for name, entry in manifest.items():
         for precision in precisions:
-            # int8@bf16: the INT8 IR with its float islands in bf16 (no nas.latency precision runs that)
+            # int8@f32 / int8@bf16: the INT8 IR with its float parts at that hint (no nas.latency precision)
             base, _, island = precision.partition("@")
             ir = entry["int8_ir" if base == "int8" else "fp32_ir"]
-            hint = openvino_precision_config(island or base)["INFERENCE_PRECISION_HINT"]
+            hint = island or openvino_precision_config(base)["INFERENCE_PRECISION_HINT"]
             row = {"ir": ir, "hint": hint}
             try:
                 row["profile"] = profile_ir(ir, hint, threads, iters, entry["mixers"])
@@ -297,8 +299,8 @@ def mixer_table(results: dict[str, Any]) -> dict[str, Any]:
             entry["int8/fp32"] = row["int8"] / row["fp32"]
         if row.get("bf16") and row.get("int8"):
             entry["int8/bf16"] = row["int8"] / row["bf16"]
-        if row.get("bf16") and row.get("int8@bf16"):
-            entry["int8@bf16/bf16"] = row["int8@bf16"] / row["bf16"]
+        if row.get("bf16") and row.get("int8@f32"):
+            entry["int8@f32/bf16"] = row["int8@f32"] / row["bf16"]
         out[block] = entry
     return out
 
@@ -356,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
     from nas.atomic import atomic_write
     from nas.latency import describe_machine, runtime_version, supported_precisions
+    from nas.latency._precision import int8_float_hint
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     manifest = prepare(model_archs(args.run, args.winner, PRESETS), args.workdir, args.resolution,
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(out_path.read_text()) if args.only_avx2 and out_path.exists() else {
         "runs": {}, "isa_labels": {}, "isa_seen": {}, "mixer_tables": {}, "load": {}}
     float_native = [p for p in ("fp32", "bf16") if p in supported_precisions("openvino")]
-    island = ["int8@bf16"] if "bf16" in float_native else []
+    island = ["int8@f32"] if int8_float_hint() != "f32" else []  # the float parts as before issue 15
     plan = ([] if args.only_avx2 else [("native", None, [*float_native, "int8", *island])]) + \
         ([("avx2_emulated", "AVX2", ["fp32", "int8"])] if args.avx2 or args.only_avx2 else [])
     labels = {"native": f"native ISA of {machine['cpu']}",

@@ -126,7 +126,7 @@ def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path,
             options, ignored = quantize_options(fp32, len(calib), keep_float, [s.mixer for s in arch.stages], rules)
             int8 = nncf.quantize(fp32, nncf.Dataset(calib), **options)
             seconds = time.perf_counter() - start
-            for hint in hints:  # the float islands at f32 (the project's int8) or bf16
+            for hint in hints:  # the float islands at f32 or bf16 (the project's int8 where the CPU has bf16)
                 key = variant if hint == "fp32" else f"{variant}@{hint}"
                 acc = {"val": top1(openvino_logits(int8, val[0], 2, hint), val[1]),
                        "test": top1(openvino_logits(int8, test[0], 2, hint), test[1])}
@@ -196,7 +196,7 @@ def time_all(manifest: dict[str, Any], threads: int, seconds: int, precisions: l
 
 def choose(report: dict[str, Any], max_drop: float) -> dict[str, Any]:
     """Per family: the fastest variant (native benchmark_app median) within max_drop val points, with
-    the float islands at f32 (the project's int8 today) and, separately, at bf16."""
+    the float islands at f32 and, separately, at bf16 (the project's int8 on CPUs with bf16)."""
     timing, acc = report["latency"].get("native", {}), report.get("accuracy", {}).get("models", {})
     choice = {}
     for family, model in FAMILY_MODEL.items():

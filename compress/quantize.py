@@ -96,7 +96,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
     options, ignored = quantize_options(fp32, len(calibration), keep_float, mixers_of(model))
     calibration_set = nncf.Dataset([image[None].numpy() for image in calibration])
     int8 = nncf.quantize(fp32, calibration_set, **options)
-    int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
+    int8_accuracy = top1(openvino_logits(int8, images, threads, "int8"), labels)  # as it runs
     method = "quantize"
     if 100.0 * (fp32_accuracy - int8_accuracy) > max_drop:
         method = "accuracy_control"
@@ -106,7 +106,7 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, validation: Imag
         int8 = nncf.quantize_with_accuracy_control(
             fp32, calibration_set, validation_set, _validate, max_drop=max_drop / 100.0,
             drop_type=nncf.DropType.ABSOLUTE, **control)
-        int8_accuracy = top1(openvino_logits(int8, images, threads), labels)
+        int8_accuracy = top1(openvino_logits(int8, images, threads, "int8"), labels)  # as it runs
     return QuantizeResult(int8, fp32_accuracy, int8_accuracy, method, keep_float, ignored,
                           count_fake_quantize(int8), len(calibration), len(images), resolution,
                           time.perf_counter() - start)

@@ -143,6 +143,33 @@ def test_int8_measurement_and_int8_files(tmp_path: Path) -> None:
         measure_ir(float_ir, threads=1, precision="int8", settings=FAST)
 
 
+def test_int8_float_parts_run_at_the_fastest_native_float_precision(tmp_path: Path) -> None:
+    """An INT8 model's float parts run in bf16 where the plugin has BF16 (AMX: measured faster,
+    bench/int8_amx.py), in f32 on CPUs without it (AVX2-only); the search's INT8 latency, an INT8 file's
+    timing and compress's INT8 accuracy compile with that hint, and the INT8 cache keys name it."""
+    from nas.latency._measure import _model_key
+    from nas.latency._precision import int8_float_hint, openvino_precision_config
+
+    assert int8_float_hint(("FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT")) == "bf16"  # AMX Xeon
+    assert int8_float_hint(("FP32", "FP16", "INT8", "BIN")) == "f32"  # AVX2-only (AMD EPYC): no BF16
+    expected = "bf16" if HAS_BF16 else "f32"
+    assert int8_float_hint() == expected
+    assert openvino_precision_config("int8") == {"INFERENCE_PRECISION_HINT": expected}
+    assert openvino_precision_config("fp32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    model = build_model(tiny_arch("catm")).eval()
+    calibration = [example_input(32, seed=s).numpy() for s in range(4)]
+    int8 = quantize_openvino(convert_openvino(model, 32), calibration)
+    compiled = compile_openvino(int8, threads=1, precision="int8")
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == {
+        "bf16": "<Type: 'bfloat16'>", "f32": "<Type: 'float32'>"}[expected]
+    assert _model_key("arch", 224, "openvino", 2, "int8").key.endswith(f"+float-{expected}")
+    assert "+float-" not in _model_key("arch", 224, "openvino", 2, "fp32").key
+    cache = LatencyCache(tmp_path / "cache.jsonl")
+    ir = save_openvino(int8, tmp_path / "int8.xml")
+    stats = measure_ir(ir, threads=1, precision="int8", settings=FAST, cache=cache)
+    assert stats.key.endswith(f"+float-{expected}")
+
+
 def test_cli_states_precision_and_cpu(tmp_path: Path) -> None:
     model = build_model(tiny_arch("mbconv")).eval()
     ir = save_openvino(convert_openvino(model, 32), tmp_path / "m.xml")

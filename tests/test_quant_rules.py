@@ -38,7 +38,7 @@ def write_rules(path: Path, families: dict) -> Path:
 
 def test_rules_load_from_the_data_file() -> None:
     rules = load_rules()
-    assert set(rules.families) == {"glsra", "litemla", "catm", "mbconv"}
+    assert set(rules.families) == {"glsra", "litemla", "catm", "mbconv", "head"}
     assert set(yaml.safe_load(RULES_FILE.read_text())["families"]) == set(rules.families)
     assert "TopK" in rules.family("glsra").float_types and "Divide" in rules.family("litemla").float_types
     # a hybrid takes its NNCF settings from the first family of the file it contains
@@ -140,6 +140,20 @@ def test_residual_add_and_stem_rules(tmp_path: Path) -> None:
     assert {"__module.stages.1.1.0/aten::add/Add", "__module.stages.1.1.0/aten::add/Add_1"} <= set(adds)
     for name in adds:
         assert not _fq_inputs(ops[name])
+
+
+def test_head_entry_keeps_the_classifier_linear_float(tmp_path: Path) -> None:
+    """The committed `head` entry (MatMul float, chosen by bench/int8_amx.py): the head's Linears keep no
+    FakeQuantize; the stages' weighted MatMuls / convs are still quantized."""
+    ops, ignored, fp32, _ = _quantized(None, tmp_path)
+    paths = module_paths(fp32)
+    head = [n for n in ignored if paths.get(n, "").startswith("__module.head") and ops[n].get_type_name() == "MatMul"]
+    assert len(head) == 2, head  # the evit head: fc1 and fc2
+    for name in head:
+        assert not _fq_inputs(ops[name]), name
+    without = {name: r.model_dump() for name, r in load_rules().families.items() if name != "head"}
+    _, ignored_without, fp32_without, _ = _quantized(without, tmp_path)
+    assert not [n for n in ignored_without if module_paths(fp32_without).get(n, "").startswith("__module.head")]
 
 
 def test_parse_rules_accepts_every_documented_key() -> None:

@@ -18,7 +18,7 @@ from nas.errors import UserError
 from nas.latency import _backends as backends
 from nas.latency._cache import LatencyCache
 from nas.latency._machine import machine_id
-from nas.latency._precision import DEFAULT_PRECISION, check_precision
+from nas.latency._precision import DEFAULT_PRECISION, cache_tag, check_precision
 from nas.latency._stats import CacheKey, LatencyStats
 from nas.latency._timing import MeasureSettings, Step, sample
 from nas.machine_lock import measuring, training
@@ -71,7 +71,7 @@ def _model_key(key: str, resolution: int, backend: str, threads: int, precision:
     if precision == "int8":  # INT8 of a torch model is what the INT8 rules make of it: other rules, another model
         from nas.quant_rules import load_rules
 
-        key = f"{key}+rules-{load_rules().digest()}"
+        key = f"{key}+rules-{load_rules().digest()}{cache_tag(precision)}"
     return CacheKey(key, backend, backends.device_name(backend), resolution, threads,
                     backends.runtime_version(backend), precision, machine_id())
 
@@ -158,7 +158,7 @@ def measure_ir(path: str | Path, backend: str = backends.DEFAULT_BACKEND, thread
     device, version, machine = backends.device_name(backend), backends.runtime_version(backend), machine_id()
     previous = None
     if store is not None and not refresh:
-        key = key or file_key(path)
+        key = key or file_key(path) + cache_tag(precision)
         cache_key = CacheKey(key, backend, device, backends.model_file_resolution(path, resolution),
                              threads, version, precision, machine)
         previous = store.get(cache_key)
@@ -168,7 +168,7 @@ def measure_ir(path: str | Path, backend: str = backends.DEFAULT_BACKEND, thread
         with training():
             step, res = stack.enter_context(backends.ir_runner(backend, path, threads, resolution, precision))
         if store is not None:
-            key = key or file_key(path)
+            key = key or file_key(path) + cache_tag(precision)
         stats = _after_loaded(previous, _time(step, settings, CacheKey(key or "", backend, device, res, threads,
                                                                        version, precision, machine)))
     if store is not None:
