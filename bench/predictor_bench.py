@@ -15,10 +15,12 @@ apart, a floor under any predictor's error. Architectures the calibration has si
 out of the metrics (no longer held out); `--rescore` recomputes the predictions and metrics of the
 saved rows against the current calibration without timing.
 
-    python -m bench.predictor_bench                  # ~8 min: 20 + 20 + 8 archs
+    python -m bench.predictor_bench                  # ~3.5 min: 20 + 20 + 8 archs
     python -m bench.predictor_bench --again          # the same archs again (repeatability)
     python -m nas.latency --calibrate --space search_spaces/default.yaml --space search_spaces/wide.yaml
     python -m bench.predictor_bench --rescore        # predictions of the new calibration
+    python -m nas.latency --calibrate --precision int8 --space ... --space ...
+    python -m bench.predictor_bench --precision int8 --per-space 8 --attention 4
 Run the timing commands inside a quiet window (nothing else busy on the machine).
 """
 
@@ -91,15 +93,19 @@ def metrics(rows: list[dict[str, Any]], reference: str = "measured_ms") -> dict[
 
 
 def repeatability(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How far the first two quiet runs of one architecture lie apart (second / first - 1)."""
-    pairs = [[run["ms"] for run in r["runs"] if not run["loaded"]][:2] for r in rows]
-    diff = np.array([b / a - 1.0 for a, b in (p for p in pairs if len(p) == 2)])
+    """How far the first two quiet runs of one architecture lie apart (second / first - 1), and the
+    spread of all its quiet runs (slowest / fastest - 1)."""
+    quiet = [[run["ms"] for run in r["runs"] if not run["loaded"]] for r in rows]
+    diff = np.array([q[1] / q[0] - 1.0 for q in quiet if len(q) >= 2])
     if not len(diff):
         return {"archs": 0}
+    spread = np.array([max(q) / min(q) - 1.0 for q in quiet if len(q) >= 2])
     return {"archs": len(diff), "median_relative": float(np.median(diff)),
             "median_abs_relative": float(np.median(np.abs(diff))), "max_abs_relative": float(np.abs(diff).max()),
             "over_5": float(np.mean(np.abs(diff) > 0.05)), "over_10": float(np.mean(np.abs(diff) > 0.10)),
-            "rms_relative": float(np.sqrt(np.mean(diff ** 2)))}
+            "rms_relative": float(np.sqrt(np.mean(diff ** 2))),
+            "runs": max(len(q) for q in quiet), "spread_median": float(np.median(spread)),
+            "spread_max": float(spread.max()), "spread_over_10": float(np.mean(spread > 0.10))}
 
 
 def _say(message: str) -> None:
@@ -201,7 +207,8 @@ def _table(summary: dict[str, Any]) -> None:
         if r.get("archs"):
             print(f"repeatability {name}: {r['archs']} archs, run 2 / run 1 median {100 * r['median_relative']:+.1f}%, "
                   f"|.| median {100 * r['median_abs_relative']:.1f}% max {100 * r['max_abs_relative']:.1f}%, "
-                  f"{100 * r['over_5']:.0f}% over 5%")
+                  f"{100 * r['over_5']:.0f}% over 5%; slowest / fastest of {r['runs']} runs: median "
+                  f"{100 * r['spread_median']:.1f}%, max {100 * r['spread_max']:.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

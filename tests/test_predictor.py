@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -54,8 +55,8 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Predi
         patch.setenv("VITNAS_LATENCY_CACHE", str(root / "latency.sqlite"))
         patch.setenv("VITNAS_LOCK", str(root / "machine.lock"))
         predictor, timed = calibrate([load_space(space_file)], threads=THREADS, resolution=RESOLUTION,
-                                     cache=LatencyCache(root / "latency.sqlite"), archs=4,
-                                     arch_settings=MeasureSettings.quick(), progress=False)
+                                     cache=LatencyCache(root / "latency.sqlite"), archs=4, seconds=3600,
+                                     arch_settings=MeasureSettings.quick(), progress=False)  # all 4, however slow
         predictor.save(predictor_path(threads=THREADS, resolution=RESOLUTION, precision="fp32"))
         yield predictor, root
 
@@ -96,16 +97,74 @@ def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predic
     started = time.perf_counter()
     p_shallow, p_deep = predictor.predict(shallow), predictor.predict(deep)
     assert time.perf_counter() - started < 0.05  # lookups only: no model built, no torch
-    assert p_shallow.regressed == 0 and p_deep.units == p_shallow.units
-    # units seen in calibration predict their mean in-context time; the correction maps the sum
-    assert p_deep.unit_sum_ms == pytest.approx(sum(predictor.unit_ms[u.key] for u in decompose(deep, RESOLUTION)))
-    a, c = predictor.correction
-    assert p_deep.ms == pytest.approx(a * p_deep.unit_sum_ms + c) and p_shallow.ms > 0
+    assert p_shallow.regressed == 0 and p_deep.units == p_shallow.units  # every unit seen in calibration
+    # every unit from its group's regression; the correction scales each group (4 networks: one scale)
+    units = decompose(deep, RESOLUTION)
+    assert p_deep.unit_sum_ms == pytest.approx(sum(predictor.regressed_ms(u) for u in units))
+    assert set(predictor.correction) == {"*", "const"}
+    assert p_deep.ms == pytest.approx(predictor.correction["*"] * p_deep.unit_sum_ms) and p_shallow.ms > 0
     # Against a real measurement (quick timing on a shared machine: a loose bound, still one that can fail).
     from nas.models import build_model
 
     measured = measure(build_model(deep), RESOLUTION, threads=THREADS, settings=MeasureSettings.quick()).ms
     assert 0.25 * measured < p_deep.ms < 4.0 * measured
+
+
+def test_features_count_padded_channels_and_blocks() -> None:
+    """Dense MACs count channels padded to the CPU's 16-float blocks; blocks and every count grow with depth."""
+    from nas.latency._predictor import Unit
+
+    def body(width: int, depth: int) -> tuple[float, ...]:
+        return Unit.of("body", mixer="mbconv", width=width, expand=2, depth=depth, side=14).features()
+
+    def down(cin: int) -> tuple[float, ...]:
+        return Unit.of("downsample", downsample="conv", width=32, cin=cin, side=28).features()
+
+    assert down(24)[2] == down(32)[2] and down(24)[4] < down(32)[4]  # dense MACs padded, activations not
+    assert body(16, 2)[1] == 2 and all(b >= a for a, b in zip(body(16, 1), body(16, 2), strict=True))
+    glsra = Unit.of("body", mixer="glsra", width=64, expand=4, depth=1, side=14, head_dim=16, keep_ratio=0.5,
+                    fusion_tokens=4, pool_size=7).features()
+    assert len(glsra) == 7 and glsra[5] > 0 and glsra[6] > 0  # attention MACs, weights
+
+
+def test_correction_recovers_per_group_scales() -> None:
+    """Networks made of two groups with known profiled-to-measured scales: the fit finds them."""
+    from nas.latency._predictor import Sample, Unit, _fit_correction
+
+    stem = Unit.of("stem", kind="dsconv", width=8, depth=1, side=32)
+    body = Unit.of("body", mixer="mbconv", width=16, expand=2, depth=1, side=8)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        a, b = rng.uniform(0.2, 1.0), rng.uniform(0.5, 3.0)
+        samples.append(Sample(f"n{i}", {stem.key: a, body.key: b}, 0.6 * a + 1.1 * b + 0.05))
+    specs = {stem.key: stem, body.key: body}
+    fitted = _fit_correction(samples, specs, {"all": [0.1] + [0.0] * 6})
+    assert fitted["stem:dsconv"] == pytest.approx(0.6, abs=1e-6)
+    assert fitted["body:mbconv"] == pytest.approx(1.1, abs=1e-6) and fitted["const"] == pytest.approx(0.05, abs=1e-6)
+    few = _fit_correction(samples[:5], specs, {"all": [0.1] + [0.0] * 6})  # too few networks: one scale
+    assert set(few) == {"*", "const"} and few["const"] == 0.0
+
+
+def test_refit_brings_an_earlier_schema_to_the_current_model(calibrated: tuple[Predictor, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor, root = calibrated
+    monkeypatch.setenv("VITNAS_LATENCY_CACHE", str(root / "latency.sqlite"))
+    data = predictor.to_dict()
+    data.update(schema=2, groups={"all": [0.1, 0.0, 0.0, 0.0]}, correction=[1.0, 0.0])  # the earlier layout
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    base = ["--predictor", str(old), "--threads", str(THREADS), "--resolution", str(RESOLUTION)]
+    assert "--refit" in _refused(["--preset", "efficientvit_b0", "--predict", *base], capsys)
+    assert run_cli(latency_main, ["--refit", *base]) == 0
+    assert "refitted" in capsys.readouterr().out
+    refitted = load_predictor(old, threads=THREADS, resolution=RESOLUTION)
+    arch = _arch("litemla", 2)
+    assert refitted.predict(arch).ms == pytest.approx(predictor.predict(arch).ms)  # same samples, same fit
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**data, "samples": []}))
+    assert "no calibration samples" in _refused(["--refit", "--predictor", str(empty)], capsys)
 
 
 def test_predict_cli_and_json(calibrated: tuple[Predictor, Path], tmp_path: Path) -> None:

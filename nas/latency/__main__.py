@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--calibrate", action="store_true",
                       help="calibrate the latency predictor on this machine (<= 10 min; saved beside the cache)")
+    mode.add_argument("--refit", action="store_true",
+                      help="redo the predictor's fit from the samples its calibration file keeps (no timing; "
+                           "brings a file of an earlier predictor version to the current model)")
     mode.add_argument("--predict", action="store_true",
                       help="predict the latency of --preset/--arch from the calibration, without building it")
     p.add_argument("--space", type=Path, action="append", default=None,
@@ -129,13 +132,16 @@ def _say_wait(others: float, waited_s: float) -> None:
 
 
 def _predictor_command(args: argparse.Namespace, cache: LatencyCache | None) -> int:
-    from nas.latency._predictor import calibrate_command, predict_command
+    from nas.latency._predictor import calibrate_command, predict_command, refit_command
 
     precision = args.precision or DEFAULT_PRECISION
     if args.calibrate:
         return calibrate_command(args.space, backend=args.backend, threads=args.threads, resolution=args.resolution,
                                  precision=precision, cache=cache, quick=args.quick, path=args.predictor,
                                  quiet=args.quiet, widths=args.widths)
+    if args.refit:
+        return refit_command(args.predictor, backend=args.backend, threads=args.threads,
+                             resolution=args.resolution or 224, precision=precision)
     if args.ir is not None:
         raise UserError("--predict takes --preset or --arch (the predictor reads the architecture, not a file)")
     arch = _load_arch(args)
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--passes must be >= 1, got {args.passes}")
         settings = replace(settings, passes=args.passes)
     cache = None if args.no_cache else LatencyCache(args.cache)
-    if args.calibrate or args.predict:
+    if args.calibrate or args.predict or args.refit:
         return _predictor_command(args, cache)
     hits_before = cache.hits if cache else 0
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))

@@ -5,20 +5,25 @@ An architecture is cut into units (the stem, each stage's downsampling, each sta
 inside a network (other layouts, reorders and kernels), so calibration (`calibrate`) times them IN
 CONTEXT: whole sampled networks are compiled with OpenVINO's per-node profiling and each node's
 time is attributed to its unit (nas.latency._incontext). From those in-context unit times it fits
-per-group regressions (group: the unit kind and its mixer, downsampling or stem/head kind) on
-analytic features (blocks, MACs, activation elements); a unit seen in calibration uses its mean
-in-context time. The networks are also timed as the search times them, and a whole-network
-correction maps the sum of unit times to that latency
+per-group regressions (group: the unit kind and its mixer, downsampling or stem/head kind), non-
+negative least squares on analytic counts per unit (`Unit.features`: the unit itself, its blocks,
+dense MACs with channels padded to the CPU's 16-float blocks, depthwise MACs, activation elements,
+attention MACs, weights: a 1x1 conv on a 7x7 map does 49 MACs per weight it reads, and without
+the weight term the large units of wide late stages were predicted 5-17% fast). Every unit is predicted
+by its group's regression, seen in calibration or not (one profile of a unit scatters by ~5%; the
+regression averages over all of them). The networks are also timed as the search times them, and a
+whole-network correction maps the unit times to that latency, one scale per group (profiling
+overhead weighs differently in a stem of small ops than in a wide attention stage):
 
-    latency = a * sum(unit ms) + c
+    latency = sum over units (scale[group] * unit ms) + c
 
-(profiling overhead, the nodes no unit owns). Prediction is a few dictionary lookups and small dot
-products: no torch, well under a millisecond.
+Prediction is a few small dot products: no torch, well under a millisecond.
 
 The calibration is saved as JSON under the cache directory, one file per (backend, threads,
 precision, resolution), and carries the runtime version and machine fingerprint it was measured
 with: `load_predictor` refuses a file from another runtime or machine (UserError, one line).
-The in-context samples are kept in the file, so the fit can be redone (`refit`) without timing.
+The in-context samples are kept in the file, so the fit can be redone (`refit`, `python -m
+nas.latency --refit`) without timing.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from nas.latency._precision import DEFAULT_PRECISION, check_precision
 from nas.latency._timing import MeasureSettings
 from nas.mixers import mixer_info
 
-PREDICTOR_SCHEMA = 2
+PREDICTOR_SCHEMA = 3  # 3: seven features per unit, per-group correction (2: four features, a * sum + c)
 CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with start-up and saving
 CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
 # Whole networks are timed like the search times them, a little shorter (the correction averages
@@ -58,6 +63,8 @@ ARCH_SETTINGS = MeasureSettings(passes=3, max_wait_seconds=20.0, max_others_cpu=
 MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's regression
 OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
+CHANNEL_BLOCK = 16  # OpenVINO's CPU plugin lays fp32 channels out in blocks of 16 (AVX-512): dense MACs count padded
+SCALE_BOUNDS = (0.5, 1.5)  # a group's correction scale (measured / profiled) is kept within these
 
 
 class PredictorError(UserError):
@@ -105,60 +112,110 @@ class Unit:
         text = json.dumps([self.kind, self.params], separators=(",", ":"))
         return "unit:" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
-    def features(self) -> tuple[float, float, float]:
-        """(blocks, MMACs, M activation elements): rough analytic counts for the per-group regression."""
+    def features(self) -> tuple[float, ...]:
+        """(1, blocks, dense MMACs, depthwise MMACs, M activation elements, attention MMACs, M weights):
+        analytic counts for the per-group regression. Dense convs/linears count channels padded to
+        CHANNEL_BLOCK (a 24-channel conv runs as a 32-channel one); activation elements are the tensors
+        elementwise ops, norms and depthwise convs read and write (memory traffic); attention MACs are
+        the token-by-token products (LiteMLA's per-head d x d, GLSRA's token-by-context); weights are
+        what every inference reads once (memory traffic that does not shrink with the feature map)."""
         p = self.p
         side = p["side"]
         n = side * side
+        dense = dw = elems = attn = 0.0
         if self.kind == "stem":
             w, out = p["width"], (side + 1) // 2
             if p["kind"] == "patch":
-                m, a = 768 * w * (side // 16) ** 2, 3 * n + w * (side // 16) ** 2
+                tokens = (side // 16) ** 2
+                dense, elems = 768 * _pad(w) * tokens, 3 * n + w * tokens
             elif p["kind"] == "conv2":
-                m, a = 27 * w // 2 * out ** 2 + 9 * w // 2 * w * ((out + 1) // 2) ** 2, 3 * n + w * out ** 2
+                half, quarter = w // 2, ((out + 1) // 2) ** 2
+                dense = 27 * _pad(half) * out ** 2 + 9 * _pad(half) * _pad(w) * quarter
+                elems = 3 * n + half * out ** 2 + w * quarter
             else:
-                m, a = (27 * w + p["depth"] * (9 * w + w * w)) * out ** 2, 3 * n + (1 + 4 * p["depth"]) * w * out ** 2
+                depth = p["depth"]
+                dense = (27 * _pad(w) + depth * _pad(w) ** 2) * out ** 2
+                dw, elems = depth * 9 * w * out ** 2, 3 * n + (1 + 3 * depth) * w * out ** 2
         elif self.kind == "head":
             c, classes = p["cin"], p["classes"]
-            widths = p["widths"] or [c, c]
-            m = c * widths[0] * n + widths[0] * widths[1] + widths[1] * classes if p["kind"] == "evit" \
-                else c * n + c * classes
-            a = c * n * 2
+            if p["kind"] == "evit":
+                h1, h2 = p["widths"] or [c, c]
+                dense, elems = _pad(c) * _pad(h1) * n + h1 * h2 + h2 * classes, c * n + 2 * h1 * n
+            else:
+                dense, elems = c * classes, 2 * c * n
         elif self.kind == "downsample":
             cin, cout, out = p["cin"], p["width"], (side + 1) // 2
             if p["downsample"] == "conv":
-                m, a = 9 * cin * cout * out ** 2, cin * n + cout * out ** 2
+                dense, elems = 9 * _pad(cin) * _pad(cout) * out ** 2, cin * n + cout * out ** 2
             elif p["downsample"] == "mbconv":
                 mid = round(cin * p["expand"])
-                m = cin * mid * n + 9 * mid * out ** 2 + mid * cout * out ** 2
-                a = cin * n + mid * n + mid * out ** 2 + cout * out ** 2
+                dense = _pad(cin) * _pad(mid) * n + _pad(mid) * _pad(cout) * out ** 2
+                dw, elems = 9 * mid * out ** 2, cin * n + 2 * mid * n + mid * out ** 2 + cout * out ** 2
             else:
-                m, a = cin * cout * n, (cin + cout) * n
+                dense, elems = _pad(cin) * _pad(cout) * n, (cin + cout) * n
         else:
-            m, a = _body_features(p, n)
-        return float(p.get("depth", 0) if self.kind == "body" else 0), m / 1e6, a / 1e6
+            dense, dw, elems, attn = _body_features(p, n)
+        blocks = p.get("depth", 0) if self.kind == "body" else 0
+        return 1.0, float(blocks), dense / 1e6, dw / 1e6, elems / 1e6, attn / 1e6, _weights(self.kind, p) / 1e6
 
 
-def _body_features(p: dict[str, Any], n: int) -> tuple[float, float]:
+def _weights(kind: str, p: dict[str, Any]) -> float:
+    """Weights of a unit (convs and linears; norms folded, biases left out)."""
+    if kind == "stem":
+        w = p["width"]
+        return {"patch": 768 * w, "conv2": 27 * (w // 2) + 9 * (w // 2) * w}.get(
+            p["kind"], 27 * w + p["depth"] * (9 * w + w * w))
+    if kind == "head":
+        c, classes = p["cin"], p["classes"]
+        if p["kind"] == "evit":
+            h1, h2 = p["widths"] or [c, c]
+            return c * h1 + h1 * h2 + h2 * classes
+        return c * classes
+    if kind == "downsample":
+        cin, cout = p["cin"], p["width"]
+        if p["downsample"] == "conv":
+            return 9 * cin * cout
+        if p["downsample"] == "mbconv":
+            mid = round(cin * p["expand"])
+            return cin * mid + 9 * mid + mid * cout
+        return cin * cout
     w, depth, mixer = p["width"], p["depth"], p["mixer"]
     mid = round(w * p["expand"])
-    ffn = n * (2 * w * mid + 9 * mid)
-    if mixer == "mbconv":
-        return depth * ffn, depth * n * (2 * w + 3 * mid)
-    if mixer == "catm":
-        return depth * n * (5 * w * w + 67 * w + 2 * w * mid), depth * n * (14 * w + mid)
-    if mixer == "litemla":
+    per_block = {"mbconv": 2 * w * mid + 9 * mid, "catm": 5 * w * w + 2 * w * mid + 45 * w,
+                 "litemla": 5 * w * w + 2 * w * mid + 75 * w + 9 * mid + 3 * w * p.get("head_dim", 1),
+                 "glsra": 6 * w * w + 2 * w * mid}.get(mixer, 2 * w * mid)
+    return depth * per_block + (25 * w if mixer == "glsra" else 0)  # glsra: CPE and guide, once a stage
+
+
+def _pad(channels: int) -> int:
+    return -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
+
+
+def _body_features(p: dict[str, Any], n: int) -> tuple[float, float, float, float]:
+    """(dense MACs, depthwise MACs, activation elements, attention MACs) of a stage body (see the
+    block layouts in nas/models: cas.py, efficientvit.py, cage.py, mbconv.py)."""
+    w, depth, mixer = p["width"], p["depth"], p["mixer"]
+    mid = round(w * p["expand"])
+    pw, pm = _pad(w), _pad(mid)
+    if mixer == "mbconv":  # 1x1 expand, DW 3x3, 1x1 project, residual
+        return depth * n * 2 * pw * pm, depth * n * 9 * mid, depth * n * (3 * mid + 2 * w), 0.0
+    if mixer == "catm":  # local 1x1-DW-1x1, qkv, two spatial+channel gates, 2 DW 3x3, MLP
+        return depth * n * (5 * pw * pw + 2 * pw * pm), depth * n * 45 * w, depth * n * (27 * w + 2 * mid), 0.0
+    if mixer == "litemla":  # qkv, DW 5x5 + grouped 1x1 aggregation, linear attention, proj, MBConv FFN
         d = p["head_dim"]
-        return depth * (n * (5 * w * w + 75 * w + 7 * w * d) + ffn), depth * n * (10 * w + 3 * mid)
-    if mixer == "glsra":
+        return (depth * n * (5 * pw * pw + 2 * pw * pm), depth * n * (75 * w + 9 * mid),
+                depth * n * (25 * w + 3 * mid), depth * n * 7 * w * d)
+    if mixer == "glsra":  # stage: CPE, guide, token selection and fusion; blocks on the kept tokens
         keep = min(n - 1, max(1, round(p["keep_ratio"] * n)))
         side = int(math.isqrt(n))
         grid = max(g for g in range(1, min(side, p["pool_size"]) + 1) if side % g == 0) ** 2
-        tokens, context = keep + p["fusion_tokens"], grid + p["fusion_tokens"]
-        block = tokens * (3 * w * w + 2 * w * mid) + context * 2 * w * w + grid * w * w + 2 * tokens * context * w
-        stage = n * 25 * w + 4 * p["fusion_tokens"] * (n - keep) * w
-        return stage + depth * block, n * w * 8 + depth * tokens * (6 * w + mid)
-    return depth * ffn, depth * n * 4 * w  # a mixer added later: conv-like guess, refined by its own timings
+        fusion = p["fusion_tokens"]
+        tokens, context = keep + fusion, grid + fusion
+        dense = 16 * pw * n + depth * (tokens * (3 * pw * pw + 2 * pw * pm) + (2 * context + grid) * pw * pw)
+        attn = depth * 2 * tokens * context * w + 2 * fusion * (n - keep) * w
+        return dense, 9 * w * n, 10 * n * w + depth * tokens * (12 * w + 2 * mid), attn
+    # a mixer added later: conv-like guess, refined by its own timings
+    return depth * n * 2 * pw * pm, 0.0, depth * n * 4 * w, 0.0
 
 
 def _out_side(side: int, stride: int) -> int:
@@ -268,7 +325,7 @@ class Prediction:
     ms: float
     unit_sum_ms: float
     units: int
-    regressed: int  # units predicted by their group's regression (never seen in calibration)
+    regressed: int  # units never seen in calibration (their group's regression extrapolates to them)
 
     def to_dict(self) -> dict[str, Any]:
         return {"predicted_ms": self.ms, "unit_sum_ms": self.unit_sum_ms, "units": self.units,
@@ -306,9 +363,9 @@ class Predictor:
     precision: str
     runtime_version: str
     machine: str
-    unit_ms: dict[str, float]  # unit key -> mean in-context ms over the calibration networks
-    groups: dict[str, list[float]]  # group (or kind, or "all") -> [c_1, c_blocks, c_MMACs, c_Melems] (ms)
-    correction: list[float]  # [a, c]: a * unit sum + c
+    unit_ms: dict[str, float]  # unit key -> mean in-context ms over the calibration networks (seen units)
+    groups: dict[str, list[float]]  # group (or kind, or "all") -> ms per feature (Unit.features)
+    correction: dict[str, float]  # group -> scale, "*": the scale of a group not fitted, "const": ms
     error: dict[str, Any] = field(default_factory=dict)  # leave-one-out errors on the calibration archs
     created_at: float = 0.0
     spaces: list[str] = field(default_factory=list)
@@ -323,27 +380,22 @@ class Predictor:
         return max(MIN_MARGIN, float(self.error.get("max_over", 0.0)))
 
     def regressed_ms(self, unit: Unit) -> float:
-        coef = self.groups.get(unit.group) or self.groups.get(unit.family) or self.groups["all"]
-        return max(1e-4, float(np.dot(coef, _design(unit))))
+        """One unit's in-context ms from its group's regression (its kind's, or all units', when the
+        group had too few samples)."""
+        return _regressed(self.groups, unit)
 
-    def unit_ms_of(self, unit: Unit) -> tuple[float, bool]:
-        """(ms, regressed) of one unit: its mean in-context time, else its group's regression."""
-        hit = self.unit_ms.get(unit.key)
-        return (hit, False) if hit is not None else (self.regressed_ms(unit), True)
-
-    def terms(self, arch: Arch) -> tuple[float, int, int]:
-        total, count, regressed = 0.0, 0, 0
-        for unit in decompose(arch, self.resolution):
-            ms, guessed = self.unit_ms_of(unit)
-            total += ms
-            count += 1
-            regressed += guessed
-        return total, count, regressed
+    def scale(self, unit: Unit) -> float:
+        return self.correction.get(unit.group, self.correction["*"])
 
     def predict(self, arch: Arch) -> Prediction:
-        total, count, regressed = self.terms(arch)
-        a, c = self.correction
-        return Prediction(max(0.0, a * total + c), total, count, regressed)
+        total = corrected = 0.0
+        units = decompose(arch, self.resolution)
+        for unit in units:
+            ms = self.regressed_ms(unit)
+            total += ms
+            corrected += self.scale(unit) * ms
+        unseen = sum(unit.key not in self.unit_ms for unit in units)
+        return Prediction(max(0.0, corrected + self.correction["const"]), total, len(units), unseen)
 
     # ---- persistence ----
     def to_dict(self) -> dict[str, Any]:
@@ -364,15 +416,17 @@ class Predictor:
             runtime_version=str(data["runtime_version"]), machine=str(data["machine"]),
             unit_ms={str(k): float(v) for k, v in data["unit_ms"].items()},
             groups={str(k): [float(x) for x in v] for k, v in data["groups"].items()},
-            correction=[float(x) for x in data["correction"]], error=dict(data.get("error", {})),
+            correction={str(k): float(v) for k, v in data["correction"].items()}, error=dict(data.get("error", {})),
             created_at=float(data.get("created_at", 0.0)), spaces=list(data.get("spaces", [])),
             archs=[str(h) for h in data.get("archs", [])],
             samples=[Sample.from_dict(s) for s in data.get("samples", [])],
             unit_specs={str(k): [str(v[0]), v[1]] for k, v in data.get("unit_specs", {}).items()})
-        if len(predictor.correction) != 2 or "all" not in predictor.groups \
+        if not {"*", "const"} <= set(predictor.correction) or "all" not in predictor.groups \
                 or any(len(v) != N_DESIGN for v in predictor.groups.values()):
             raise ValueError("malformed coefficients")
-        if not all(map(math.isfinite, [*predictor.correction, *predictor.unit_ms.values()])):
+        numbers = [*predictor.correction.values(), *predictor.unit_ms.values(),
+                   *itertools.chain.from_iterable(predictor.groups.values())]
+        if not all(map(math.isfinite, numbers)):
             raise ValueError("non-finite numbers")
         return predictor
 
@@ -408,8 +462,9 @@ def load_predictor(path: str | Path | None = None, *, backend: str = backends.DE
     try:
         predictor = Predictor.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as exc:
-        raise PredictorError(f"{path}: not a usable predictor file ({str(exc)[:120]}); delete it and run "
-                             "`python -m nas.latency --calibrate` again") from None
+        hint = ("`python -m nas.latency --refit` (no timing) or --calibrate" if "schema" in str(exc)
+                else "`python -m nas.latency --calibrate` again")
+        raise PredictorError(f"{path}: not a usable predictor file ({str(exc)[:120]}); run {hint}") from None
     wanted = {"backend": backend, "threads": threads, "resolution": resolution, "precision": precision,
               "runtime_version": backends.runtime_version(backend), "device": backends.device_name(backend),
               "machine": machine_id()}
@@ -422,11 +477,16 @@ def load_predictor(path: str | Path | None = None, *, backend: str = backends.DE
 
 # ---- fitting -------------------------------------------------------------------------------------
 
-N_DESIGN = 4
+N_DESIGN = 7
 
 
 def _design(unit: Unit) -> np.ndarray:
-    return np.array([1.0, *unit.features()])
+    return np.array(unit.features())
+
+
+def _regressed(groups: dict[str, list[float]], unit: Unit) -> float:
+    coef = groups.get(unit.group) or groups.get(unit.family) or groups["all"]
+    return max(1e-4, float(np.dot(coef, _design(unit))))
 
 
 def _nnls_relative(x: np.ndarray, y: np.ndarray) -> list[float]:
@@ -458,17 +518,28 @@ def _fit_units(samples: list[Sample], specs: dict[str, Unit]) -> tuple[dict[str,
     return unit_ms, groups
 
 
-def _fit_correction(rows: list[tuple[float, float]]) -> list[float]:
-    """[a, c] of measured ~ a * unit sum + c, least squares on relative errors; a plain scale when
-    few rows (or when the line would not rise with the sum)."""
-    s = np.array([r[0] for r in rows])
-    m = np.array([r[1] for r in rows])
-    scale = [float(np.median(m / np.maximum(s, 1e-9))), 0.0]
-    if len(rows) < 8:
-        return scale
-    x = np.stack([s, np.ones_like(s)], 1) / m[:, None]
-    coef, *_ = np.linalg.lstsq(x, np.ones_like(m), rcond=None)
-    return [float(v) for v in coef] if coef[0] > 0.2 * scale[0] else scale
+def _fit_correction(samples: list[Sample], specs: dict[str, Unit], groups: dict[str, list[float]]) -> dict[str, float]:
+    """Per-group scales and a constant: measured ~ sum over groups (scale * profiled group ms) + const,
+    least squares on relative errors, scales within SCALE_BOUNDS. With fewer than 3 networks per
+    coefficient, one scale for every group: the median ratio of measured to the regressions' sum
+    (`groups`; what a prediction scales: profiles of tiny networks read mostly 0 us nodes)."""
+    from scipy.optimize import lsq_linear
+
+    measured = np.array([s.measured_ms for s in samples])
+    regressed = np.array([sum(_regressed(groups, specs[key]) for key in s.units) for s in samples])
+    median = float(np.median(measured / np.maximum(regressed, 1e-9)))
+    names = sorted({specs[key].group for s in samples for key in s.units})
+    if len(samples) < 3 * (len(names) + 1):
+        return {"*": median, "const": 0.0}
+    x = np.zeros((len(samples), len(names) + 1))
+    for row, sample in enumerate(samples):
+        for key, ms in sample.units.items():
+            x[row, names.index(specs[key].group)] += ms
+    x[:, -1] = 1.0
+    low, high = SCALE_BOUNDS
+    fit = lsq_linear(x / measured[:, None], np.ones_like(measured),
+                     bounds=([low] * len(names) + [-np.inf], [high] * len(names) + [np.inf]))
+    return {**dict(zip(names, map(float, fit.x[:-1]), strict=True)), "*": median, "const": float(fit.x[-1])}
 
 
 def consistent(samples: list[Sample]) -> list[Sample]:
@@ -490,18 +561,16 @@ def fit(predictor: Predictor) -> Predictor:
              for key, (kind, params) in predictor.unit_specs.items()}
     samples = consistent(predictor.samples)
     predictor.unit_ms, predictor.groups = _fit_units(samples, specs)
-    predictor.correction = _fit_correction([(sum(s.units.values()), s.measured_ms) for s in samples])
+    predictor.correction = _fit_correction(samples, specs, predictor.groups)
     predictor.archs = [s.arch for s in predictor.samples]
     errors = []
     if len(samples) >= 5:
         for held in predictor.samples:
             rest = [s for s in samples if s is not held]
             unit_ms, groups = _fit_units(rest, specs)
-            probe = replace(predictor, unit_ms=unit_ms, groups=groups,
-                            correction=_fit_correction([(sum(s.units.values()), s.measured_ms) for s in rest]))
-            total = sum(probe.unit_ms_of(specs[key])[0] for key in held.units)
-            a, c = probe.correction
-            errors.append((a * total + c) / held.measured_ms - 1.0)
+            probe = replace(predictor, unit_ms=unit_ms, groups=groups, correction=_fit_correction(rest, specs, groups))
+            total = sum(probe.scale(specs[key]) * probe.regressed_ms(specs[key]) for key in held.units)
+            errors.append((total + probe.correction["const"]) / held.measured_ms - 1.0)
     kept = {k: v for k, v in predictor.error.items() if k in ("calibration_seconds", "units_in_spaces")}
     kept["samples_used"] = len(samples)
     if errors:
@@ -586,7 +655,7 @@ def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND,
     calibration = calibration[:archs]
     units_in_spaces = len({u.key for s in spaces for u in space_units(s, resolution)})
     predictor = Predictor(backend, backends.device_name(backend), threads, resolution, precision,
-                          backends.runtime_version(backend), machine_id(), {}, {}, [1.0, 0.0],
+                          backends.runtime_version(backend), machine_id(), {}, {}, {"*": 1.0, "const": 0.0},
                           created_at=time.time(), spaces=[getattr(s, "name", "") for s in spaces])
     timed: list[Arch] = []
     bar = tqdm(total=seconds, desc=f"calibrate {precision}", unit="s", disable=not progress, file=sys.stderr,
@@ -616,8 +685,17 @@ def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND,
 
 
 def refit(path: str | Path) -> Predictor:
-    """Redo the fit of a saved calibration from its samples (no timing) and save it again."""
-    predictor = Predictor.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    """Redo the fit of a saved calibration from its samples (no timing) and save it again, in the
+    current schema: a calibration of an earlier schema keeps its measurements and gets the new model."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.update(schema=PREDICTOR_SCHEMA, groups={"all": [0.0] * N_DESIGN}, correction={"*": 1.0, "const": 0.0})
+        predictor = Predictor.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise PredictorError(f"{path}: not a calibration that can be refitted ({str(exc)[:120]})") from None
+    if not predictor.samples or not predictor.unit_specs:
+        raise PredictorError(f"{path}: holds no calibration samples to refit; run `python -m nas.latency --calibrate`")
     fit(predictor).save(path)
     return predictor
 
@@ -651,6 +729,18 @@ def calibrate_command(space_files: list[Path] | None, *, backend: str, threads: 
            if "archs" in e else "")
     print(f"calibrated {precision} on {len(predictor.samples)} networks ({len(predictor.unit_ms)} units) in "
           f"{e['calibration_seconds']:.0f} s{loo}; rejection margin {100 * predictor.margin:.0f}%; saved {out}")
+    return 0
+
+
+def refit_command(path: Path | None, *, backend: str, threads: int | None, resolution: int, precision: str) -> int:
+    path = path or predictor_path(backend, threads, resolution, precision)
+    if not path.is_file():
+        raise PredictorError(f"no calibration to refit: {path} missing; run `python -m nas.latency --calibrate`")
+    predictor = refit(path)
+    e = predictor.error
+    loo = f"; leave-one-out: {100 * e['within_10']:.0f}% within 10%" if "archs" in e else ""
+    print(f"refitted {path} from {len(predictor.samples)} networks{loo}; "
+          f"rejection margin {100 * predictor.margin:.0f}%")
     return 0
 
 
