@@ -258,7 +258,7 @@ def test_search_rejects_a_huge_candidate_unbuilt(calibrated: tuple[Predictor, Pa
     trial = study.trials[0]
     attrs = trial.user_attrs
     assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert attrs["stop_reason"].startswith("rejected by prediction")
+    assert attrs["stop_reason"].startswith("rejected by prediction") and attrs["rejected_by_prediction"] is True
     assert attrs["predicted_ms"] == pytest.approx(predictor.predict(Arch.from_dict(attrs["arch"])).ms)
     assert attrs["predicted_ms"] > budget * (1 + predictor.margin)
     assert trial.values[1] == pytest.approx(attrs["predicted_ms"]) and attrs["trained"] is False
