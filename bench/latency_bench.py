@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,12 +129,18 @@ def candidates(presets: list[str], sampled: int, seed: int) -> list[Candidate]:
 _LINE = re.compile(r"(Median|Average|Min|Max):\s+([\d.]+)\s+(ms|us)")
 
 
+def benchmark_app_command() -> str:
+    """benchmark_app's path: on PATH, else beside this python (a venv used without activating it)."""
+    beside = Path(sys.executable).parent / "benchmark_app"
+    return shutil.which("benchmark_app") or (str(beside) if beside.is_file() else "benchmark_app")
+
+
 def run_benchmark_app(ir: Path, threads: int, seconds: int, infer_precision: str = "f32") -> dict[str, float]:
     """OpenVINO's benchmark_app with the settings our measurement uses; its statistics in ms.
 
     `-infer_precision` is always given (f32 by default, like nas.latency's fp32): without it the CPU
     plugin runs FP32 IRs in bf16 on CPUs with AVX-512 BF16 / AMX."""
-    cmd = ["benchmark_app", "-m", str(ir), "-d", "CPU", "-hint", "none", "-nstreams", "1",
+    cmd = [benchmark_app_command(), "-m", str(ir), "-d", "CPU", "-hint", "none", "-nstreams", "1",
            "-nthreads", str(threads), "-nireq", "1", "-api", "sync", "-t", str(seconds),
            "-infer_precision", infer_precision]
     with measuring():

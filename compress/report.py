@@ -35,11 +35,10 @@ def _benchmark_app() -> Any:
         raise UserError("benchmark_app timing needs the source checkout's bench/latency_bench.py")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    if shutil.which("benchmark_app") is None:  # the venv's bin/ when python runs without activation
-        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    if shutil.which("benchmark_app") is None:
+    from bench.latency_bench import benchmark_app_command, run_benchmark_app
+
+    if shutil.which(benchmark_app_command()) is None:
         raise UserError("benchmark_app not found (pip's openvino installs it next to python)")
-    from bench.latency_bench import run_benchmark_app
 
     return run_benchmark_app
 
