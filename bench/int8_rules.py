@@ -141,7 +141,8 @@ def accuracy_part(run: Path, trial: int | None, calibration: int, workdir: Path,
     return out
 
 
-def prepare_irs(run: Path, trial: int | None, workdir: Path, resolution: int) -> dict[str, Any]:
+def prepare_irs(run: Path, trial: int | None, workdir: Path, resolution: int,
+                variants: list[str] | None = None) -> dict[str, Any]:
     """FP32 IR and one INT8 IR per variant of every model at the target resolution."""
     from nas.export import convert_openvino, save_openvino
     from nas.latency._backends import _synthetic_calibration
@@ -158,7 +159,7 @@ def prepare_irs(run: Path, trial: int | None, workdir: Path, resolution: int) ->
             ov_model = convert_openvino(build_model(arch).eval(), resolution)
             save_openvino(ov_model, fp32_path)
         entry = {"fp32": str(fp32_path), "mixers": mixers, "int8": {}}
-        for variant in VARIANTS:
+        for variant in variants or VARIANTS:
             rules, keep_float = variant_rules(variant)
             path = workdir / f"{name}-{arch.hash}.int8-{variant}-{rules.digest()}.xml"
             if not path.exists():
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-avx2", action="store_true", help="time only with the AVX2 cap")
     p.add_argument("--report-only", action="store_true", help="only rebuild the JSON from the workdir's parts")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                   help="accuracy of these variants only (default all)")
+                   help="quantize, time and score these variants only (default all)")
     p.add_argument("--skip-irs", action="store_true", help="with --prepare-only: accuracy only")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--note", default="", help="timing conditions to record (e.g. other work running niced)")
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path = args.workdir / "manifest.json"
     if args.prepare_only:
         if not args.skip_irs:
-            atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution)))
+            atomic_write(manifest_path, json.dumps(prepare_irs(args.run, args.winner, args.workdir, args.resolution,
+                                                                     args.variants)))
         report["accuracy"] = accuracy_part(args.run, args.winner, args.calibration, args.workdir, args.variants)
         atomic_write(args.workdir / "accuracy.json", json.dumps(report["accuracy"]))
     elif not args.report_only:
@@ -315,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                   variants={k: ("keep_float off: every op quantized" if v is None else v) for k, v in VARIANTS.items()},
                   benchmark_app=f"-hint none -nstreams 1 -nthreads {args.threads} -nireq 1 -api sync "
                                 f"-t {args.bench_seconds} -infer_precision f32|bf16 (INT8 IRs: f32)",
-                  avx2_label="AVX2 emulated on the Xeon (ONEDNN_MAX_CPU_ISA=AVX2), not an AMD EPYC")
+                  avx2_label=f"AVX2 emulated on this {machine['cpu']} (ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN's "
+                             "kernels), not an AVX2-only CPU")
     report["choice"] = choose(report, args.max_drop)
     atomic_write(out_path, json.dumps(report, indent=1))
     print_summary(report)
