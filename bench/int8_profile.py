@@ -15,8 +15,8 @@ nas.quantization from the rules data, float parts at the project's INT8 hint: bf
 nas.latency._precision.int8_float_hint; `int8@f32` repeats it with f32 float parts there). With --avx2
 the same runs repeat with ONEDNN_MAX_CPU_ISA=AVX2 (set before OpenVINO loads, in a child process):
 oneDNN's kernels are capped at AVX2, which the exec_type strings verify; OpenVINO's own jit nodes
-(eltwise subgraphs, reduces) may still use AVX-512. That is AVX2 *emulated on this Xeon*, not an
-AVX2-only CPU (e.g. AMD EPYC).
+(eltwise subgraphs, reduces) may still use AVX-512. That is AVX2 *emulated* on an AVX-512 CPU, not an
+AVX2-only CPU.
 
     nice -n 19 python -m bench.int8_profile --run DIR --prepare-only   # export + quantize (CPU heavy)
     python -m bench.int8_profile --run DIR --avx2                      # time (under the quiet lock)
@@ -376,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = ([] if args.only_avx2 else [("native", None, [*float_native, "int8", *island])]) + \
         ([("avx2_emulated", "AVX2", ["fp32", "int8"])] if args.avx2 or args.only_avx2 else [])
     labels = {"native": f"native ISA of {machine['cpu']}",
-              "avx2_emulated": "AVX2 emulated on the Xeon (ONEDNN_MAX_CPU_ISA=AVX2: oneDNN kernels capped; "
-                               "OpenVINO's own jit nodes may still use AVX-512), not an AMD EPYC"}
+              "avx2_emulated": f"AVX2 emulated on {machine['cpu']} (ONEDNN_MAX_CPU_ISA=AVX2: oneDNN kernels "
+                               "capped; OpenVINO's own jit nodes may still use AVX-512), not an AVX2-only CPU"}
     for label, isa, precisions in plan:
         load_before = os.getloadavg()
         log(f"profiling ({label}) ...")

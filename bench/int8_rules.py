@@ -10,7 +10,7 @@ quantizes, per model:
             graph, not the scales, sets the speed), timed by `benchmark_app` (sync, 1 stream,
             the threads; bench.latency_bench.run_benchmark_app) beside the FP32 IR at f32 and
             bf16, natively and (--avx2) with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA, emulated
-            on this Xeon, not an AVX2-only CPU); CAS-ViT-XS / EfficientViT-B0 latency only.
+            on an AVX-512 CPU, not an AVX2-only one); CAS-ViT-XS / EfficientViT-B0 latency only.
 A family's choice: the fastest variant by benchmark_app on its model (AMX: INT8 vs bf16) whose val
 drop is at most --max-drop points. Writes bench/results/int8_rules_<cpu>.json; the choices are
 copied into nas/quant_rules.yaml by hand (the data file stays reviewed).
