@@ -170,6 +170,32 @@ def test_int8_float_parts_run_at_the_fastest_native_float_precision(tmp_path: Pa
     assert stats.key.endswith(f"+float-{expected}")
 
 
+def test_an_isa_cap_takes_bf16_away_and_int8_still_runs(tmp_path: Path) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 (emulating an AVX2-only CPU): OpenVINO still lists BF16, but a bf16 hint
+    no longer compiles; the project drops BF16 from the capabilities, times INT8 with f32 float parts,
+    refuses --precision bf16 in one line, and the cap gives the machine another fingerprint."""
+    arch = tmp_path / "arch.yaml"
+    arch.write_text(yaml.safe_dump(tiny_arch("catm").to_dict()))
+    env = {**os.environ, "VITNAS_LOCK": str(tmp_path / "lock"), "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+    def latency(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nas.latency", "--arch", str(arch), "--resolution", "32",
+                               "--quick", "--no-cache", "--threads", "1", "--json", *flags], cwd=REPO,
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    result = latency("--precision", "int8")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    machine = record["machine_description"]
+    assert record["precision"] == "int8" and record["estimate_ms"] > 0
+    assert machine["onednn_isa_cap"] == "AVX2" and "BF16" not in machine["openvino_capabilities"]
+    assert machine["fingerprint"] != describe_machine()["fingerprint"]
+    assert record["key"].endswith("+float-f32")
+    refused = latency("--precision", "bf16")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "bf16" in refused.stderr
+
+
 def test_cli_states_precision_and_cpu(tmp_path: Path) -> None:
     model = build_model(tiny_arch("mbconv")).eval()
     ir = save_openvino(convert_openvino(model, 32), tmp_path / "m.xml")

@@ -49,19 +49,39 @@ def cpu_features() -> tuple[str, ...]:
     return tuple(f for f in ISA_FEATURES if f in flags)
 
 
+# oneDNN's kernels can be capped below the CPU's ISA (ONEDNN_MAX_CPU_ISA, or its older name
+# DNNL_MAX_CPU_ISA; e.g. AVX2 to emulate an AVX2-only CPU). OpenVINO's OPTIMIZATION_CAPABILITIES
+# ignore the cap: under AVX2 on an AVX-512 BF16 CPU they still list BF16, and a bf16 hint then fails
+# to compile ("object is not initialized"). Capabilities each capped ISA cannot run:
+_CAPS_MISSING_UNDER_ISA_CAP = {
+    **dict.fromkeys(("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"), ("BF16", "FP16")),
+    "AVX512_CORE_BF16": ("FP16",),
+}
+
+
+def onednn_isa_cap() -> str | None:
+    """The oneDNN ISA cap set in the environment (upper case), None when the CPU's full ISA is used."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap and cap.strip().upper() != "ALL" else None
+
+
 @functools.cache
 def openvino_capabilities() -> tuple[str, ...]:
-    """OpenVINO CPU plugin OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, FP16, INT8), () if unavailable."""
+    """OpenVINO CPU plugin OPTIMIZATION_CAPABILITIES (e.g. FP32, BF16, FP16, INT8) less what an ISA cap
+    in the environment takes away (`onednn_isa_cap`), () if unavailable."""
     try:
         from nas.latency._backends import ov_core
 
-        return tuple(str(c) for c in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        caps = tuple(str(c) for c in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # no openvino, or no CPU plugin: the description says so by leaving it empty
         return ()
+    missing = _CAPS_MISSING_UNDER_ISA_CAP.get(onednn_isa_cap() or "", ())
+    return tuple(c for c in caps if c not in missing)
 
 
 def _fingerprint(description: dict[str, Any]) -> str:
-    text = json.dumps({k: description[k] for k in ("cpu", "isa", "openvino_capabilities")}, sort_keys=True)
+    keys = ("cpu", "isa", "openvino_capabilities", "onednn_isa_cap")  # the cap only where one is set
+    text = json.dumps({k: description[k] for k in keys if k in description}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -75,6 +95,8 @@ def _describe() -> str:
         "machine": platform.machine(),
         "system": platform.system(),
     }
+    if onednn_isa_cap():  # other kernels, other latencies: another fingerprint
+        description["onednn_isa_cap"] = onednn_isa_cap()
     description["fingerprint"] = _fingerprint(description)
     return json.dumps(description)
 
@@ -93,7 +115,9 @@ def machine_line(description: dict[str, Any] | None = None) -> str:
     """One human-readable line, e.g. 'Intel Xeon (avx2 avx512f ... amx_int8; OpenVINO: FP32 BF16 INT8)'."""
     d = description or describe_machine()
     caps = " ".join(d.get("openvino_capabilities") or []) or "n/a"
-    return f"{d['cpu']} [{' '.join(d.get('isa') or []) or 'no AVX2'}; OpenVINO caps {caps}; id {d['fingerprint']}]"
+    cap = f"; oneDNN capped at {d['onednn_isa_cap']}" if d.get("onednn_isa_cap") else ""
+    return (f"{d['cpu']} [{' '.join(d.get('isa') or []) or 'no AVX2'}{cap}; OpenVINO caps {caps}; "
+            f"id {d['fingerprint']}]")
 
 
 DEVICE_ENV = "VITNAS_DEVICE_FINGERPRINT"  # test/ops hook: declare this worker another latency device
