@@ -52,6 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cnn_stem_float": {"stem": {"float_patterns": [".*"]}},
     # the classifier only (CasHead/VitHead fc, EfficientViTHead fc2) float, EfficientViT's wide fc1 INT8
     "classifier_float": {"head": {"float_types": [], "float_patterns": [r".*__module\.head\.fc2?/.*"]}},
+    # depthwise convs float (INT8 GroupConvolution ran slower than f32 in int8_profile on an AMD EPYC,
+    # natively and with oneDNN capped at AVX2); each family keeps its own float types
+    "depthwise_float": {"stem": {"float_types": ["GroupConvolution"]}, "catm": {"float_types": ["GroupConvolution"]},
+                        "mbconv": {"float_types": ["GroupConvolution"]},
+                        "litemla": {"float_types": ["Divide", "GroupConvolution"]}},
 }
 PRESET_VARIANTS = ("file", "before")
 
