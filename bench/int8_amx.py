@@ -94,6 +94,13 @@ def winner(run: Path, trial: int | None) -> tuple[str, Any, Path, str, int]:
     return name, arch, folder / "weights.pt", "proxy", int(resolution["proxy"])
 
 
+def timed_hints(args: argparse.Namespace) -> list[str]:
+    """INFERENCE_PRECISION_HINTs to score and time: --hints, else f32 plus bf16 where the CPU has it."""
+    from nas.latency._precision import int8_float_hint
+
+    return args.hints or ["f32"] + (["bf16"] if int8_float_hint() == "bf16" else [])
+
+
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """INT8 IRs of every variant at the target resolution, and the winner's accuracy (val/test)."""
     import nncf
@@ -104,12 +111,11 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from nas.data import calibration_subset
     from nas.export import convert_openvino, save_openvino
     from nas.latency._backends import _synthetic_calibration
-    from nas.latency._precision import int8_float_hint
     from nas.models import build_model
     from nas.presets import load_preset
     from nas.quantization import quantize_options
 
-    hints = args.hints or ["f32"] + (["bf16"] if int8_float_hint() == "bf16" else [])
+    hints = timed_hints(args)
     name, arch, weights, which, resolution = winner(args.run, args.winner)
     model = build_model(arch)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -164,9 +170,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
 def time_all(manifest: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """benchmark_app medians, every (model, IR, hint) once per round, rounds interleaved."""
     from bench.latency_bench import run_benchmark_app
-    from nas.latency._precision import int8_float_hint
 
-    hints = args.hints or ["f32"] + (["bf16"] if int8_float_hint() == "bf16" else [])
+    hints = timed_hints(args)
     jobs = []
     for model, entry in manifest.items():
         jobs += [(model, f"fp32@{h}", entry["fp32"], h) for h in hints]

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ if __package__ in (None, ""):  # `python bench/latency_bench.py`: make `nas` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.atomic import atomic_write
+from nas.cli import installed_command
 from nas.latency import (
     LatencyStats,
     MeasureSettings,
@@ -129,19 +129,13 @@ def candidates(presets: list[str], sampled: int, seed: int) -> list[Candidate]:
 _LINE = re.compile(r"(Median|Average|Min|Max):\s+([\d.]+)\s+(ms|us)")
 
 
-def benchmark_app_command() -> str:
-    """benchmark_app's path: on PATH, else beside this python (a venv used without activating it)."""
-    beside = Path(sys.executable).parent / "benchmark_app"
-    return shutil.which("benchmark_app") or (str(beside) if beside.is_file() else "benchmark_app")
-
-
 def run_benchmark_app(ir: Path, threads: int, seconds: int, infer_precision: str = "f32") -> dict[str, float]:
     """OpenVINO's benchmark_app with the settings our measurement uses; its statistics in ms.
 
     `-infer_precision` is always given (f32 by default, like nas.latency's fp32): without it the CPU
     plugin runs FP32 IRs in bf16 on CPUs with AVX-512 BF16 / AMX."""
-    cmd = [benchmark_app_command(), "-m", str(ir), "-d", "CPU", "-hint", "none", "-nstreams", "1",
-           "-nthreads", str(threads), "-nireq", "1", "-api", "sync", "-t", str(seconds),
+    cmd = [installed_command("benchmark_app") or "benchmark_app", "-m", str(ir), "-d", "CPU", "-hint", "none",
+           "-nstreams", "1", "-nthreads", str(threads), "-nireq", "1", "-api", "sync", "-t", str(seconds),
            "-infer_precision", infer_precision]
     with measuring():
         before, children = cpu_clock(), _children_cpu()

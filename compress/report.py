@@ -15,12 +15,12 @@ bench/latency_bench.py), which `python -m compress.report --benchmark-app` (or
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from compress._target import Target, read_json, write_json
+from nas.cli import installed_command
 from nas.errors import UserError, run_cli
 from nas.runs import atomic_write
 
@@ -35,9 +35,9 @@ def _benchmark_app() -> Any:
         raise UserError("benchmark_app timing needs the source checkout's bench/latency_bench.py")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from bench.latency_bench import benchmark_app_command, run_benchmark_app
+    from bench.latency_bench import run_benchmark_app
 
-    if shutil.which(benchmark_app_command()) is None:
+    if installed_command("benchmark_app") is None:
         raise UserError("benchmark_app not found (pip's openvino installs it next to python)")
 
     return run_benchmark_app

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
 from typing import NoReturn
 
 from nas.errors import UserError
@@ -31,3 +35,9 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def installed_command(name: str) -> str | None:
+    """The path of console script `name`: beside this python first (its venv's, also when the venv is
+    not activated, as the README's commands run it), else on PATH; None when neither has it."""
+    return shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))

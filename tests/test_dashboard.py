@@ -6,11 +6,8 @@ The real `optuna-dashboard` command on a free localhost port; the study is found
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +15,7 @@ from pathlib import Path
 
 import optuna
 
+from nas.cli import installed_command
 from tests.conftest import TinyRun, copy_run
 
 
@@ -41,9 +39,7 @@ def get_json(url: str, deadline: float, server: subprocess.Popen) -> dict:
 
 def test_dashboard_serves_a_finished_runs_study(tiny_run: TinyRun, tmp_path: Path) -> None:
     assert "optuna-dashboard" in (tiny_run.path / "summary.md").read_text()
-    # The venv's bin/ first: the README's test command runs its python without activating the venv.
-    command = shutil.which("optuna-dashboard", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                                      os.environ.get("PATH", "")]))
+    command = installed_command("optuna-dashboard")  # the README's test command does not activate the venv
     assert command, "optuna-dashboard is not installed (bash .ci/setup-venv installs it)"
     run = copy_run(tiny_run, tmp_path)  # the dashboard may write to the study (notes); not to the shared run
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{run.path / 'study.db'}")

@@ -95,8 +95,9 @@ def _describe() -> str:
         "machine": platform.machine(),
         "system": platform.system(),
     }
-    if onednn_isa_cap():  # other kernels, other latencies: another fingerprint
-        description["onednn_isa_cap"] = onednn_isa_cap()
+    cap = onednn_isa_cap()
+    if cap:  # other kernels, other latencies: another fingerprint
+        description["onednn_isa_cap"] = cap
     description["fingerprint"] = _fingerprint(description)
     return json.dumps(description)
 
