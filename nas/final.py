@@ -172,19 +172,39 @@ def auto_epochs(seconds_per_epoch: float, max_minutes: float) -> int:
     return max(1, min(MAX_AUTO_EPOCHS, int(0.9 * 60.0 * max_minutes / max(seconds_per_epoch, 1e-3))))
 
 
+def set_aside(out: Path) -> Path | None:
+    """Move an earlier final training's files (checkpoint, weights, metrics) into out/replaced-<UTC time>/,
+    so starting over loses nothing; that folder, or None when there was nothing to move."""
+    present = [out / name for name in ("checkpoint.pt", "weights.pt", "metrics.json") if (out / name).is_file()]
+    if not present:
+        return None
+    folder = out / time.strftime("replaced-%Y%m%dT%H%M%SZ", time.gmtime())
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in present:
+        path.replace(folder / path.name)
+    return folder
+
+
 def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = None, init: str = "proxy",
                 batch_size: int = 64, lr: float = 1e-3, threads: int | None = None,
-                max_minutes: float = DEFAULT_MAX_MINUTES, progress: bool = True) -> dict[str, Any]:
+                max_minutes: float = DEFAULT_MAX_MINUTES, progress: bool = True,
+                restart: bool = False) -> dict[str, Any]:
     """Train `candidate` at the run's target resolution; write final/<hash>/; return its metrics.
 
     `epochs=None` sizes the run by measurement to fit `max_minutes` (a resumed run keeps the
-    epoch count its checkpoint was started with)."""
+    epoch count its checkpoint was started with). `restart` sets an earlier final training of the
+    candidate aside (`set_aside`) and starts over; without it, asking a finished or interrupted
+    training for another epoch count is a UserError that says so."""
     from nas.models import build_model
     from nas.train import seed_everything, train_proxy
 
     config = read_config(run_dir)
     resolution = int(config.get("target_resolution") or 224)
     out = final_dir(run_dir, candidate.arch.hash)
+    if restart:
+        moved = set_aside(out)
+        if moved is not None and progress:
+            print(f"  the earlier final training moved to {moved}", flush=True)
     done = out / "metrics.json"
     if done.is_file() and (out / "weights.pt").is_file():
         metrics = read_json(done)
@@ -200,8 +220,12 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = Non
             raise UserError(f"{candidate.label}: no proxy weights to start from; use --init scratch")
         load_weights(model, candidate.proxy_weights, f"the arch of {candidate.label}")
     estimate = None
+    checkpoint = out / "checkpoint.pt"
+    if epochs is not None and checkpoint.is_file() and _checkpoint_epochs(checkpoint) != epochs:
+        raise UserError(f"{checkpoint}: a final training of {_checkpoint_epochs(checkpoint)} epoch(s) of "
+                        f"{candidate.label} is there; resume it with --epochs {_checkpoint_epochs(checkpoint)}, "
+                        "or pass --restart to start over (its files are kept under replaced-<time>/)")
     if epochs is None:
-        checkpoint = out / "checkpoint.pt"
         if checkpoint.is_file():
             epochs = _checkpoint_epochs(checkpoint)
         else:

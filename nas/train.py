@@ -351,6 +351,9 @@ def build_parser() -> Any:
     p.add_argument("--threads", type=positive_int, default=None, help="training threads (default: the run's)")
     p.add_argument("--max-minutes", type=positive_float, default=DEFAULT_MAX_MINUTES,
                    help=f"stop after the epoch that would overrun this (default {DEFAULT_MAX_MINUTES:g})")
+    p.add_argument("--restart", action="store_true",
+                   help="start the final training over, e.g. with more --epochs (the earlier one's checkpoint, "
+                        "weights and metrics move to final/<hash>/replaced-<time>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     return p
 
@@ -374,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         metrics = final.train_final(run_dir, candidate, epochs=args.epochs, init=args.init, batch_size=args.batch_size,
                                     lr=lr, threads=args.threads or config.get("threads"),
-                                    max_minutes=args.max_minutes, progress=not args.quiet)
+                                    max_minutes=args.max_minutes, progress=not args.quiet,
+                                    restart=args.restart)
         note = " (already trained)" if metrics.get("already_done") else ""
         print(f"{candidate.label}: val {100 * metrics['val_accuracy']:.2f}%, "
               f"test {100 * metrics['test_accuracy']:.2f}% "

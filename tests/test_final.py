@@ -82,6 +82,22 @@ def test_final_training_resumes_and_compress_uses_it(mnist_run: Path, tmp_path: 
                                                  strict=True))
 
 
+def test_more_epochs_after_a_finished_training_need_restart_and_keep_the_old_files(mnist_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    run = copy_of(mnist_run, tmp_path)
+    candidate = final.winner_candidate(run, None)
+    out = final.final_dir(run, candidate.arch.hash)
+    one = final.train_final(run, candidate, epochs=1, batch_size=16, lr=2e-3, threads=T, progress=False)
+    assert one["epochs_run"] == 1 and (out / "checkpoint.pt").is_file()
+    with pytest.raises(UserError, match=r"--epochs 1, or pass --restart"):
+        final.train_final(run, candidate, epochs=2, batch_size=16, threads=T, progress=False)
+    two = final.train_final(run, candidate, epochs=2, batch_size=16, lr=2e-3, threads=T, progress=False, restart=True)
+    assert two["epochs"] == two["epochs_run"] == 2 and len(two["val_curve"]) == 2  # a fresh 2-epoch run
+    (kept,) = out.glob("replaced-*")
+    assert json.loads((kept / "metrics.json").read_text())["epochs"] == 1
+    assert {p.name for p in kept.iterdir()} == {"checkpoint.pt", "weights.pt", "metrics.json"}
+
+
 def test_epochs_are_sized_by_a_measurement() -> None:
     splits = load_dataset(None, TARGET, limit=300)
     seconds = final.estimate_epoch_seconds(build_model(tiny_arch("mbconv")), splits, 16, threads=T)

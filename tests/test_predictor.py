@@ -93,6 +93,10 @@ def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predic
         # per-node times have 1 us resolution: a unit of a 32 px network may read 0
         assert len(sample.units) == 6 and all(ms >= 0 for ms in sample.units.values())
         assert sum(sample.units.values()) > 0 and sample.measured_ms > 0
+        # profiled and timed in 3 rounds over the batch; the sample keeps the fastest timing
+        assert len(sample.rounds_ms) == 3 and not sample.loaded
+        assert sample.measured_ms == pytest.approx(min(sample.rounds_ms), abs=1e-4)
+    assert predictor.error["rounds"] == 3
     shallow, deep = _arch("litemla", 1), _arch("litemla", 2)
     started = time.perf_counter()
     p_shallow, p_deep = predictor.predict(shallow), predictor.predict(deep)

@@ -43,13 +43,16 @@ def _check_resolution(resolution: int) -> int:
 
 
 def _time(step: Step, settings: MeasureSettings | None, key: CacheKey) -> LatencyStats:
+    settings = settings or MeasureSettings()
+    if key.backend == "cuda":  # the host CPU's slow spells are not the GPU's
+        settings = replace(settings, pace_factor=0.0)
     with measuring():  # exclusive: our own training is off these cores; other processes are watched
-        result = sample(step, settings or MeasureSettings(), threads=key.threads)
+        result = sample(step, settings, threads=key.threads)
     return LatencyStats.from_summary(result.summary, backend=key.backend, runtime_version=key.runtime_version,
                                      device=key.device, threads=key.threads, resolution=key.resolution,
                                      attempts=result.attempts, others_cpu=result.others_cpu, key=key.key,
                                      precision=key.precision, machine=key.machine, loaded=result.loaded,
-                                     waited_s=result.waited_s)
+                                     waited_s=result.waited_s, pace=result.pace)
 
 
 def servable(hit: LatencyStats | None) -> LatencyStats | None:

@@ -122,16 +122,17 @@ class LatencyStats:
     loaded: bool = False
     waited_s: float = 0.0
     loaded_remeasures: int = 0
+    pace: float | None = None  # host pace probe after the kept attempt / its quiet pace (nas.latency._pace)
 
     @classmethod
     def from_summary(cls, summary: PassSummary, *, backend: str, runtime_version: str, device: str,
                      threads: int, resolution: int, attempts: int = 1, others_cpu: float | None = None,
                      key: str = "", precision: str = "fp32", machine: str = "", loaded: bool = False,
-                     waited_s: float = 0.0) -> LatencyStats:
+                     waited_s: float = 0.0, pace: float | None = None) -> LatencyStats:
         return cls(backend=backend, runtime_version=runtime_version, device=device, threads=threads,
                    resolution=resolution, attempts=attempts, others_cpu=others_cpu, key=key,
                    measured_at=time.time(), precision=precision, machine=machine, loaded=loaded,
-                   waited_s=waited_s, **asdict(summary))
+                   waited_s=waited_s, pace=pace, **asdict(summary))
 
     @property
     def ms(self) -> float:
@@ -162,7 +163,7 @@ class LatencyStats:
         """One human-readable line."""
         flag = "  [UNSTEADY]" if self.unsteady else ""
         if self.loaded:
-            flag += "  [LOADED: other processes kept the CPU busy; may overstate]"
+            flag += "  [LOADED: other processes kept the CPU busy or the host was in a slow spell; may overstate]"
         others = "" if self.others_cpu is None else f", other processes used {self.others_cpu:.1f} cores"
         if self.waited_s >= 1:
             others += f", waited {self.waited_s:.0f} s for a quiet CPU"

@@ -10,6 +10,12 @@ Each attempt's own reading decides again: a loaded attempt is discarded and re-m
 a measurement without a quiet attempt is kept `loaded` (its fastest attempt), for the caller to
 treat with suspicion. A process whose measurements keep ending loaded halves its wait each time
 (a machine that never gets quiet costs ~2 x `max_wait_seconds` in all, not that much per model).
+
+Slow spells: a shared host can run everything ~1.5x slower for seconds to tens of seconds with no
+other process in sight (nas.latency._pace). With `MeasureSettings.pace_factor`, timing first waits
+(at most `max_pace_wait_seconds`) until a probe network reads within that factor of the machine's
+quiet pace, and an attempt after which the probe reads slow counts as loaded, like one with other
+processes busy: discarded and re-measured, and flagged when no attempt was quiet.
 """
 
 from __future__ import annotations
@@ -46,6 +52,15 @@ class MeasureSettings:
     quiet_window_seconds: float = 0.4  # idle read before timing (/proc/stat ticks are 10 ms)
     max_wait_seconds: float = 60.0  # per measurement, waiting for a quiet CPU
     max_loaded_retries: int = 2  # loaded attempts discarded and re-measured before giving up (flagged)
+    # Slow spells of a shared host (nas.latency._pace): probe reading / quiet pace above which the host
+    # counts as slow; 0 turns the probe off. On the 2-core AMD EPYC VM the probe read 1.02-1.08x its
+    # quiet pace in fast stretches and 1.15-1.6x in slow spells (bench/results/host_phases_*.json),
+    # while networks ran 1.3-1.6x slower. Costs ~10 ms a reading on a host with no spells.
+    pace_factor: float = 1.12
+    # Per measurement, waiting for a slow spell to pass: spells last seconds to minutes, and a search
+    # should not stall on one (a measurement still slow after it is flagged loaded and, near the
+    # budget, measured again); benches that need a clean reference wait longer.
+    max_pace_wait_seconds: float = 8.0
 
     def __post_init__(self) -> None:
         if self.passes < 1 or self.min_samples < 1 or self.max_retries < 0 or self.warmup_iters < 0:
@@ -53,7 +68,8 @@ class MeasureSettings:
         if self.max_seconds_per_pass <= 0 or self.min_seconds_per_pass < 0:
             raise ValueError(f"invalid measure settings: {self}")
         if (self.max_others_cpu < 0 or self.quiet_window_seconds <= 0 or self.max_wait_seconds < 0
-                or self.max_loaded_retries < 0):
+                or self.max_loaded_retries < 0 or self.max_pace_wait_seconds < 0
+                or not (self.pace_factor == 0 or self.pace_factor >= 1)):
             raise ValueError(f"invalid measure settings: {self}")
 
     @classmethod
@@ -61,7 +77,8 @@ class MeasureSettings:
         """For tests and smoke runs: a fraction of a second per measurement, not watching other processes
         (waiting for a quiet CPU would take longer than the measurement; its figures are rough anyway)."""
         return cls(warmup_iters=2, warmup_seconds=0.02, passes=3, min_samples=5,
-                   min_seconds_per_pass=0.0, max_seconds_per_pass=0.05, max_retries=0, max_others_cpu=0.0)
+                   min_seconds_per_pass=0.0, max_seconds_per_pass=0.05, max_retries=0, max_others_cpu=0.0,
+                   pace_factor=0.0)
 
     def others_limit(self, threads: int) -> float | None:
         """Cores other processes may use while `threads` cores time: the cores timing leaves free, plus
@@ -162,8 +179,9 @@ class Sampled:
     summary: PassSummary
     attempts: int  # all timed attempts, the discarded loaded ones included
     others_cpu: float | None  # cores busy with other work while the kept attempt ran
-    loaded: bool = False  # no attempt was quiet: the kept one ran with others above the limit
-    waited_s: float = 0.0  # spent waiting for a quiet CPU
+    loaded: bool = False  # no attempt was quiet: the kept one ran with others above the limit or in a slow spell
+    waited_s: float = 0.0  # spent waiting for a quiet CPU (and for slow spells to pass)
+    pace: float | None = None  # the probe's reading over the quiet pace after the kept attempt (None: off)
 
 
 def sample(step: Step, settings: MeasureSettings, threads: int | None = None) -> Sampled:
@@ -171,38 +189,59 @@ def sample(step: Step, settings: MeasureSettings, threads: int | None = None) ->
 
     Each attempt is a fresh set of passes; the steadiest quiet attempt (lowest CV of pass medians) is
     kept, still flagged unsteady when even that one exceeds the threshold. With `threads` (the cores
-    `step` uses) other processes are watched (see the module doc); without, never.
+    `step` uses) other processes and the host's pace are watched (see the module doc); without, never.
     """
     limit = settings.others_limit(threads) if threads else None
+    pace = settings.pace_factor if threads and settings.pace_factor > 0 else None
     budget = settings.max_wait_seconds / 2 ** min(_loaded_streak[0], 6)
-    waited = 0.0
-    if limit is not None:
-        waited += wait_for_quiet(limit, budget, settings.quiet_window_seconds)[1]
+    pace_budget = settings.max_pace_wait_seconds / 2 ** min(_loaded_streak[0], 6)
+    waited = pace_waited = 0.0
+
+    def wait() -> None:
+        nonlocal waited, pace_waited
+        if limit is not None and budget > waited:
+            waited += wait_for_quiet(limit, budget - waited, settings.quiet_window_seconds)[1]
+        if pace is not None:
+            from nas.latency._pace import wait_for_pace
+
+            spent = wait_for_pace(threads, pace, max(0.0, pace_budget - pace_waited))[1]
+            pace_waited += spent
+            waited += spent
+
+    def pace_now() -> float | None:
+        if pace is None:
+            return None
+        from nas.latency._pace import probe
+
+        return probe(threads).ratio()
+
+    wait()
     warm_up(step, settings)
     best: list[list[float]] | None = None
     best_cv = float("inf")
     best_others: float | None = None
-    loaded: list[tuple[list[list[float]], float]] = []  # discarded attempts, with their others_cpu
+    best_pace: float | None = None
+    loaded: list[tuple[list[list[float]], float | None, float | None]] = []  # discarded: passes, others, pace
     attempts = quiet = 0
     while quiet <= settings.max_retries and best_cv > settings.unsteady_cv:
         attempts += 1
         before = cpu_clock()
         passes = [run_pass(step, settings) for _ in range(settings.passes)]
         others = others_cores(before, cpu_clock())
-        if limit is not None and others is not None and others > limit:
-            loaded.append((passes, others))
+        ratio = pace_now()
+        if (limit is not None and others is not None and others > limit) or (ratio is not None and ratio > pace):
+            loaded.append((passes, others, ratio))
             if len(loaded) > settings.max_loaded_retries:
                 break
-            if budget > waited:
-                waited += wait_for_quiet(limit, budget - waited, settings.quiet_window_seconds)[1]
+            wait()
             continue
         quiet += 1
         spread = pass_cv(passes)
         if spread < best_cv:
-            best, best_cv, best_others = passes, spread, others
-    if limit is not None:
+            best, best_cv, best_others, best_pace = passes, spread, others, ratio
+    if limit is not None or pace is not None:
         _loaded_streak[0] = 0 if best is not None else _loaded_streak[0] + 1
     if best is None:  # every attempt loaded: the fastest one (load only slows a model down)
-        best, best_others = min(loaded, key=lambda attempt: summarize(attempt[0], 0).estimate_ms)
-        return Sampled(summarize(best, settings.unsteady_cv), attempts, best_others, True, waited)
-    return Sampled(summarize(best, settings.unsteady_cv), attempts, best_others, False, waited)
+        best, best_others, best_pace = min(loaded, key=lambda attempt: summarize(attempt[0], 0).estimate_ms)
+        return Sampled(summarize(best, settings.unsteady_cv), attempts, best_others, True, waited, best_pace)
+    return Sampled(summarize(best, settings.unsteady_cv), attempts, best_others, False, waited, best_pace)
