@@ -221,13 +221,14 @@ def train_final(run_dir: Path, candidate: Candidate, *, epochs: int | None = Non
         load_weights(model, candidate.proxy_weights, f"the arch of {candidate.label}")
     estimate = None
     checkpoint = out / "checkpoint.pt"
-    if epochs is not None and checkpoint.is_file() and _checkpoint_epochs(checkpoint) != epochs:
-        raise UserError(f"{checkpoint}: a final training of {_checkpoint_epochs(checkpoint)} epoch(s) of "
-                        f"{candidate.label} is there; resume it with --epochs {_checkpoint_epochs(checkpoint)}, "
-                        "or pass --restart to start over (its files are kept under replaced-<time>/)")
+    started_with = _checkpoint_epochs(checkpoint) if checkpoint.is_file() else None
+    if epochs is not None and started_with is not None and started_with != epochs:
+        raise UserError(f"{checkpoint}: a final training of {started_with} epoch(s) of {candidate.label} is "
+                        f"there; resume it with --epochs {started_with}, or pass --restart to start over (its "
+                        "files are kept under replaced-<time>/)")
     if epochs is None:
-        if checkpoint.is_file():
-            epochs = _checkpoint_epochs(checkpoint)
+        if started_with is not None:
+            epochs = started_with
         else:
             estimate = estimate_epoch_seconds(model, splits, batch_size, threads)
             epochs = auto_epochs(estimate, max_minutes)

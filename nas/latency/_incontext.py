@@ -127,4 +127,3 @@ class Profiled:
                 current = label
             out[current] = out.get(current, 0.0) + min(times[name])
         return out, others
-

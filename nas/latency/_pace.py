@@ -5,10 +5,11 @@ seconds to tens of seconds at a time (bench/host_phases.py), with no trace in /p
 process, no steal. A timing of 1-3 s that falls in such a spell overstates the model by that much,
 and two measurements of one model minutes apart disagree by it.
 
-A tiny fixed OpenVINO network (three 3x3 convolutions, ~1 ms, built from OpenVINO ops: no torch,
-no export) reads the pace: the median of a few inferences. The fastest reading this machine has
-given (with this runtime and thread count; kept in the latency cache's folder, so a new process
-starts knowing it) is its quiet pace; a reading slower than `factor` x that is a slow spell.
+A tiny fixed OpenVINO network (three 3x3 convolutions, 0.25 ms on the 2-core AMD EPYC VM, built
+from OpenVINO ops: no torch, no export) reads the pace: the median of a few inferences. The
+fastest reading this machine has given (with this runtime and thread count; kept in the latency
+cache's folder, so a new process starts knowing it) is its quiet pace; a reading slower than
+`factor` x that is a slow spell.
 Timing (nas.latency._timing) waits for the spell to pass, and an attempt that ends in one counts
 as not quiet (`loaded`): measured again, and never trusted alone.
 """

@@ -55,7 +55,7 @@ class MeasureSettings:
     # Slow spells of a shared host (nas.latency._pace): probe reading / quiet pace above which the host
     # counts as slow; 0 turns the probe off. On the 2-core AMD EPYC VM the probe read 1.02-1.08x its
     # quiet pace in fast stretches and 1.15-1.6x in slow spells (bench/results/host_phases_*.json),
-    # while networks ran 1.3-1.6x slower. Costs ~10 ms a reading on a host with no spells.
+    # while networks ran 1.3-1.6x slower. A reading is 10 probe inferences (~2.5 ms there).
     pace_factor: float = 1.12
     # Per measurement, waiting for a slow spell to pass: spells last seconds to minutes, and a search
     # should not stall on one (a measurement still slow after it is flagged loaded and, near the
