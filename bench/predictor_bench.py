@@ -3,9 +3,9 @@
 For architectures sampled from the default space and from search_spaces/wide.yaml (which reaches
 past 3x the 5 ms budget; all-attention architectures added on purpose), compare the predictor
 (nas.latency.load_predictor, calibrated by `python -m nas.latency --calibrate --space ...`) with
-the measured quiet-machine estimate (converted as nas.latency.measure converts, timed as it times,
-waiting up to 20 s for a host's slow spell to pass, in --rounds round-robin rounds over all the
-archs, the fastest quiet round kept: a shared host has slow spells that slow networks ~1.6x): share within
+the measured quiet-machine estimate (converted as nas.latency.measure converts, timed as the
+calibration times, in --rounds short round-robin rounds over all the archs, the fastest quiet round
+kept: a shared host has slow spells that slow networks ~1.5x): share within
 +-5% and +-10%, RMSE, Spearman, 99th percentile of the relative error. Each precision is a section
 of bench/results/predictor_<cpu>.json (a run of one precision keeps the other's section), with the
 machine description and the load while measuring.
@@ -17,8 +17,7 @@ apart, a floor under any predictor's error. Architectures the calibration has si
 out of the metrics (no longer held out); `--rescore` recomputes the predictions and metrics of the
 saved rows against the current calibration without timing.
 
-    python -m bench.predictor_bench                  # 20 + 20 + 8 archs, 3 rounds: ~8 min on a steady
-                                                     # host, ~30 min on a VM with slow spells (waits)
+    python -m bench.predictor_bench                  # 20 + 20 + 8 archs, 6 rounds: ~8 min
     python -m bench.predictor_bench --again          # the same archs again (repeatability)
     python -m nas.latency --calibrate --space search_spaces/default.yaml --space search_spaces/wide.yaml
     python -m bench.predictor_bench --rescore        # predictions of the new calibration
@@ -45,16 +44,16 @@ if __package__ in (None, ""):  # `python bench/predictor_bench.py`: make `nas` i
 
 from nas.arch import Arch
 from nas.atomic import atomic_write
-from nas.latency import MeasureSettings, Predictor, default_threads, describe_machine, load_predictor
-from nas.latency._predictor import sample_archs
+from nas.latency import Predictor, default_threads, describe_machine, load_predictor
+from nas.latency._predictor import ARCH_SETTINGS, ROUNDS, sample_archs
 from nas.mixers import mixer_info
 from nas.space import DEFAULT_SPACE, SearchSpace, choices, load_space
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDE_SPACE = DEFAULT_SPACE.parent / "wide.yaml"
 SEED = 20261122  # held-out draws: another seed than the calibration's
-# The search's timing, waiting longer for a host's slow spell to pass (a clean reference is the point)
-REFERENCE_SETTINGS = MeasureSettings(max_pace_wait_seconds=20.0)
+# Timed as the calibration times (short rounds, no waiting for slow spells: the rounds step over them)
+REFERENCE_SETTINGS = ARCH_SETTINGS
 
 
 def all_attention(arch: Arch) -> bool:
@@ -252,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help=f"timing threads (default all cores, here "
                                                             f"{default_threads()})")
     p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="timing rounds over all archs per sweep; a run is an arch's fastest round (default 3)")
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help=f"timing rounds over all archs per sweep; a run is an arch's fastest round (default {ROUNDS})")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/predictor_<cpu>.json)")
     p.add_argument("--again", action="store_true",
                    help="measure the archs of the --out file's section once more (repeatability; reference = mean)")
@@ -291,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "default": str(DEFAULT_SPACE.relative_to(DEFAULT_SPACE.parents[1])),
                                         "wide": str(WIDE_SPACE.relative_to(WIDE_SPACE.parents[1]))},
                                     "measure": "converted as nas.latency.measure converts, compiled once per sweep, "
-                                               "nas.latency timing (default MeasureSettings, waiting up to 20 s "
-                                               "for a slow spell to pass) in --rounds "
+                                               "nas.latency timing as the calibration times (one short attempt, "
+                                               "no pace probe) in --rounds "
                                                "round-robin rounds, a run = the fastest quiet round "
                                                "(quiet-machine estimate); reference = mean of the runs"},
                        "sweeps": [], "rows": rows}

@@ -29,7 +29,7 @@ from nas.latency import (
     predictor_path,
 )
 from nas.latency.__main__ import main as latency_main
-from nas.latency._predictor import decompose, sample_archs, space_units
+from nas.latency._predictor import ROUNDS, decompose, sample_archs, space_units
 from nas.space import load_space
 
 RESOLUTION = 32
@@ -94,9 +94,9 @@ def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predic
         assert len(sample.units) == 6 and all(ms >= 0 for ms in sample.units.values())
         assert sum(sample.units.values()) > 0 and sample.measured_ms > 0
         # profiled and timed in 3 rounds over the batch; the sample keeps the fastest timing
-        assert len(sample.rounds_ms) == 3 and not sample.loaded
+        assert len(sample.rounds_ms) == ROUNDS and not sample.loaded
         assert sample.measured_ms == pytest.approx(min(sample.rounds_ms), abs=1e-4)
-    assert predictor.error["rounds"] == 3
+    assert predictor.error["rounds"] == ROUNDS
     shallow, deep = _arch("litemla", 1), _arch("litemla", 2)
     started = time.perf_counter()
     p_shallow, p_deep = predictor.predict(shallow), predictor.predict(deep)

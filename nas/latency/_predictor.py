@@ -11,12 +11,12 @@ dense MACs with channels padded to the CPU's 16-float blocks, depthwise MACs, ac
 attention MACs, weights: a 1x1 conv on a 7x7 map does 49 MACs per weight it reads, and without
 the weight term the large units of wide late stages were predicted 5-17% fast). Every unit is predicted
 by its group's regression, seen in calibration or not (one profile of a unit scatters by ~5%; the
-regression averages over all of them). The networks are also timed as the search times them (profile
-and timing in rounds a batch of networks apart, the fastest kept: a shared host has slow spells). The
-profile only divides a network's time among its units: each network's unit times are rescaled to
-sum to its measured latency before the regressions are fitted (`_shares`; profiling overhead drifts
-with the host's state), and a two-number correction takes up what the relative regressions miss
-as a whole:
+regression averages over all of them). The networks are also timed as the search times them, in six
+short rounds a batch of networks apart, the fastest kept (a shared host has slow spells), and
+profiled in the first two. The profile only divides a network's time among its units: each
+network's unit times are rescaled to sum to its measured latency before the regressions are fitted
+(`_shares`; profiling overhead drifts with the host's state), and a two-number correction takes up
+what the relative regressions miss as a whole:
 
     latency = scale * sum over units (regressed unit ms) + c
 
@@ -57,25 +57,25 @@ from nas.mixers import mixer_info
 PREDICTOR_SCHEMA = 4  # 4: regressions on profiles rescaled to the timing, scale * sum + c (3: per-group scales)
 CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with start-up and saving
 CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
-# Whole networks are timed like the search times them, a little shorter (the correction averages
-# over many): 3 passes instead of 5, at most 20 s waiting for a quiet CPU (the time is budgeted).
-# Their profiles wait the same way; a network profiled or timed while other processes used more than
-# 0.1 core per timing thread is recorded but not fitted (on a 2-core machine with SMT siblings,
-# even niced neighbours slowed calibration networks by a third, and every prediction with them).
-# The pace probe (nas.latency._pace) flags a round taken in a host's slow spell after a short wait, and
-# it is not re-measured: the rounds are the remedy (waiting 3 s and re-measuring slow attempts, 22
-# networks fitted in 530 s on the AMD EPYC VM instead of ~55); a network with no quiet round is not fitted.
-ARCH_SETTINGS = MeasureSettings(passes=3, max_wait_seconds=20.0, max_others_cpu=0.1, max_pace_wait_seconds=1.0,
-                                max_loaded_retries=0)
+# Whole networks are timed in many short rounds (ROUNDS), the fastest kept: on a shared host's slow
+# spells (bench/host_phases.py: on one AMD EPYC VM 48% of the time, at ~1.5x) waiting with the pace
+# probe costs seconds per network and still misses, while a round that lands in a spell only loses
+# the min. So a round is one attempt of 3 short passes, with no probe and no re-attempts; a round
+# during which other processes used more than 0.1 core per timing thread counts as loaded (on a
+# 2-core machine with SMT siblings even niced neighbours slowed networks by a third), and a network
+# with no quiet round is recorded but not fitted.
+ARCH_SETTINGS = MeasureSettings(passes=3, max_retries=0, max_wait_seconds=20.0, max_others_cpu=0.1,
+                                pace_factor=0.0, max_loaded_retries=0)
 MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's regression
 OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
 CHANNEL_BLOCK = 16  # OpenVINO's CPU plugin lays fp32 channels out in blocks of 16 (AVX-512): dense MACs count padded
 MIN_CORRECTION_SAMPLES = 8  # networks needed to fit the correction's scale and constant (fewer: the median ratio)
-# A shared host runs whole networks up to ~1.6x slower for seconds to tens of seconds at a time
-# (bench/host_phases.py); each calibration network is profiled and timed in ROUNDS rounds
-# over a BATCH of networks, so its rounds lie a batch apart (~30 s) and its fastest is a quiet one.
-ROUNDS = 3
+# Each calibration network is timed in ROUNDS rounds over a BATCH of networks, so its rounds lie
+# ~10 s apart and meet different spells; its per-node profile (which only divides the network's time
+# among its units, see `_shares`) is taken in the first PROFILE_ROUNDS of them, each node's fastest kept.
+ROUNDS = 6
+PROFILE_ROUNDS = 2
 BATCH = 12
 
 
@@ -626,7 +626,8 @@ class _Network:
     profiled: Any  # nas.latency._incontext.Profiled
     step: Any  # the timing step, compiled as nas.latency.measure compiles it
     key: Any  # CacheKey
-    rounds: list[tuple[dict[str, float], float | None, Any]] = field(default_factory=list)  # (profile, others, stats)
+    profiles: list[tuple[dict[str, float], float | None]] = field(default_factory=list)  # (ms per label, others)
+    timings: list[Any] = field(default_factory=list)  # LatencyStats, one per round
 
 
 def _prepare(arch: Arch, *, backend: str, threads: int, resolution: int, precision: str) -> _Network:
@@ -641,33 +642,32 @@ def _prepare(arch: Arch, *, backend: str, threads: int, resolution: int, precisi
                     _model_key(arch.hash, resolution, backend, threads, precision))
 
 
-def _measure_round(network: _Network, settings: MeasureSettings) -> None:
-    """Profile the network per node and time it as the search times it, once more."""
+def _measure_round(network: _Network, settings: MeasureSettings, profile: bool) -> None:
+    """Time the network as the search times it (one short attempt, see ARCH_SETTINGS) once more, and
+    profile it per node first when `profile`."""
     from nas.latency._measure import _time
 
-    per_label, profile_others = network.profiled.run(settings)
-    network.rounds.append((per_label, profile_others, _time(network.step, settings, network.key)))
+    if profile:
+        network.profiles.append(network.profiled.run(settings))
+    network.timings.append(_time(network.step, settings, network.key))
 
 
 def _sample(network: _Network, settings: MeasureSettings) -> tuple[Sample, Any]:
     """The network's sample from its rounds, and the timing to cache. A slow spell of a shared host
-    slows whole networks alike for seconds to tens of seconds; rounds spaced over a batch meet
-    different spells, and the fastest quiet round of each (the timing's and the profile's apart)
-    estimates the quiet machine (rounds with other processes busy count only when all were)."""
+    slows whole networks alike for seconds to tens of seconds, and only slows: the fastest quiet
+    timing estimates the quiet machine, and each node's fastest quiet profile its share."""
     limit = settings.others_limit(network.profiled.threads)
-
-    def quiet(r: tuple[dict[str, float], float | None, Any]) -> bool:
-        return not r[2].loaded and not (limit is not None and (r[1] or 0.0) > limit)
-
-    rounds = [r for r in network.rounds if quiet(r)] or network.rounds
-    stats = min((r[2] for r in rounds), key=lambda st: st.ms)
-    per_label, profile_others, _ = min(rounds, key=lambda r: sum(r[0].values()))
+    quiet_timings = [t for t in network.timings if not t.loaded]
+    stats = min(quiet_timings or network.timings, key=lambda st: st.ms)
+    profiles = [p for p in network.profiles if limit is None or (p[1] or 0.0) <= limit] or network.profiles
+    labels = {label for per_label, _ in profiles for label in per_label}
+    per_label = {label: min(p.get(label, 0.0) for p, _ in profiles) for label in labels}
     units = {unit.key: per_label.get(label, 0.0) for label, unit in network.labelled}
     stray = sum(ms for label, ms in per_label.items() if label not in dict(network.labelled))
     units[network.labelled[0][1].key] += stray  # nodes of no known unit (none expected): counted to the stem
-    others = max(profile_others or 0.0, stats.others_cpu or 0.0)
-    sample = Sample(network.arch.hash, units, stats.ms, others, not any(quiet(r) for r in network.rounds),
-                    [round(r[2].ms, 4) for r in network.rounds])
+    others = max(max((p[1] or 0.0) for p in profiles), stats.others_cpu or 0.0)
+    sample = Sample(network.arch.hash, units, stats.ms, others, not quiet_timings,
+                    [round(t.ms, 4) for t in network.timings])
     return sample, stats
 
 
@@ -678,9 +678,9 @@ def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND,
               exclude: Callable[[Arch], bool] | None = None, rounds: int = ROUNDS) -> tuple[Predictor, list[Arch]]:
     """Profile and time up to `archs` whole networks drawn from `spaces` (in turn, so every space is
     covered however many fit) within about `seconds`, then fit (see `fit`). Networks are made ready
-    BATCH at a time, then profiled and timed in `rounds` round-robin rounds over the batch (see
-    `_sample`). Returns the predictor and the calibration archs. `exclude` keeps archs out of
-    calibration (a benchmark's held-out set).
+    BATCH at a time, then timed in `rounds` round-robin rounds over the batch, profiled in the first
+    PROFILE_ROUNDS of them (see `_sample`). Returns the predictor and the calibration archs.
+    `exclude` keeps archs out of calibration (a benchmark's held-out set).
     """
     from tqdm import tqdm
 
@@ -722,9 +722,9 @@ def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND,
             batch = [_prepare(arch, backend=backend, threads=threads, resolution=resolution, precision=precision)
                      for arch in calibration[len(timed):len(timed) + size]]
             tick()
-            for _ in range(rounds):
+            for round_number in range(rounds):
                 for network in batch:
-                    _measure_round(network, settings)
+                    _measure_round(network, settings, profile=round_number < PROFILE_ROUNDS)
                 tick()
             for network in batch:
                 sample, stats = _sample(network, settings)
