@@ -52,6 +52,7 @@ from nas.space import DEFAULT_SPACE, SearchSpace, choices, load_space
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDE_SPACE = DEFAULT_SPACE.parent / "wide.yaml"
 SEED = 20261122  # held-out draws: another seed than the calibration's
+ANCHORS = 4  # per space: timed with the held-out archs, not scored (see held_out_sets)
 # Timed as the calibration times (short rounds, no waiting for slow spells: the rounds step over them)
 REFERENCE_SETTINGS = ARCH_SETTINGS
 
@@ -137,15 +138,20 @@ def search_check(run_dir: Path, wall_s: float) -> dict[str, Any]:
             "summary_lines": [line for line in summary.splitlines() if "rejected" in line or "budget" in line]}
 
 
-def held_out_sets(per_space: int, attention: int) -> dict[str, list[Arch]]:
-    """The held-out draws (fixed seeds): `per_space` per space, plus `attention` all-attention wide ones."""
-    sets: dict[str, list[Arch]] = {}
+def held_out_sets(per_space: int, attention: int, anchors: int = ANCHORS) -> dict[str, list[Arch]]:
+    """The held-out draws (fixed seeds): `per_space` per space, plus `attention` all-attention wide ones;
+    and `anchors` more per space (set "anchor"), timed in the same rounds but not scored: they re-anchor
+    the predictor to the sweep's time (Predictor.anchored), as the search's space fit does."""
+    sets: dict[str, list[Arch]] = {"anchor": []}
     for i, (name, path) in enumerate((("default", DEFAULT_SPACE), ("wide", WIDE_SPACE))):
         space = load_space(path)
         sets[name] = sample_archs(space, per_space, SEED + i)
         if name == "wide" and attention:
             sets[name] += [a for a in attention_archs(space, attention, SEED + 7)
                            if a.hash not in {b.hash for b in sets[name]}]
+        held = {a.hash for a in sets[name]}
+        extra = sample_archs(space, anchors + per_space, SEED + 50 + i)
+        sets["anchor"] += [a for a in extra if a.hash not in held][:anchors]
     return sets
 
 
@@ -202,11 +208,21 @@ def score(section: dict[str, Any], predictor: Predictor) -> None:
         row.update(predicted_ms=prediction.ms, relative_error=prediction.ms / row["measured_ms"] - 1.0,
                    regressed_units=prediction.regressed, predict_seconds=time.perf_counter() - started,
                    in_calibration=row["arch_hash"] in calibration)
-    used = [r for r in section["rows"] if not r["loaded"] and not r["in_calibration"]]
+    used = [r for r in section["rows"] if not r["loaded"] and not r["in_calibration"] and r["space"] != "anchor"]
     spaces = sorted({r["space"] for r in used}, key=["default", "wide"].index)
     summary: dict[str, Any] = {name: metrics([r for r in used if r["space"] == name]) for name in spaces}
     summary["all_attention"] = metrics([r for r in used if r["all_attention"]])
     summary["all"] = metrics(used)
+    anchors = [(Arch.from_dict(r["arch"]), r["measured_ms"]) for r in section["rows"]
+               if r["space"] == "anchor" and not r["loaded"]]
+    anchored = predictor.anchored(anchors)
+    if anchored is not predictor:  # the same predictions, rescaled to the sweep's time by the anchor rows
+        for row in section["rows"]:
+            row["predicted_anchored_ms"] = anchored.predict(Arch.from_dict(row["arch"])).ms
+        moved = [{**r, "predicted_ms": r["predicted_anchored_ms"]} for r in used]
+        summary["anchored"] = {"anchor": anchored.error["anchor"],
+                               **{name: metrics([r for r in moved if r["space"] == name]) for name in spaces},
+                               "all_attention": metrics([r for r in moved if r["all_attention"]])}
     for run in (0, 1):  # against one run alone (rows with that run quiet)
         alone = [{**r, "run_ms": r["runs"][run]["ms"]} for r in used
                  if len(r["runs"]) > run and not r["runs"][run]["loaded"]]
@@ -232,6 +248,10 @@ def _table(summary: dict[str, Any]) -> None:
             print(f"{name:<14}{m['archs']:>6}{100 * m['within_5']:>7.0f}%{100 * m['within_10']:>7.0f}%"
                   f"{m['rmse_ms']:>9.3f}{m['spearman'] or 0:>10.3f}{100 * m['p99_abs_relative']:>8.1f}%"
                   f"{lo:>7.2f}-{hi:<6.2f}")
+    if "anchored" in summary:
+        anchor = summary["anchored"]["anchor"]
+        print(f"anchored to {anchor['archs']} archs timed in the same sweeps (predictions x{anchor['factor']:.3f}):")
+        _table({name: m for name, m in summary["anchored"].items() if name != "anchor"})
     for name, r in summary.get("repeatability", {}).items():
         if r.get("archs"):
             print(f"repeatability {name}: {r['archs']} archs, run 2 / run 1 median {100 * r['median_relative']:+.1f}%, "

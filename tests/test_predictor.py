@@ -93,7 +93,7 @@ def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predic
         # per-node times have 1 us resolution: a unit of a 32 px network may read 0
         assert len(sample.units) == 6 and all(ms >= 0 for ms in sample.units.values())
         assert sum(sample.units.values()) > 0 and sample.measured_ms > 0
-        # profiled and timed in 3 rounds over the batch; the sample keeps the fastest timing
+        # timed in ROUNDS rounds over the batch (profiled in the first two); the sample keeps the fastest timing
         assert len(sample.rounds_ms) == ROUNDS and not sample.loaded
         assert sample.measured_ms == pytest.approx(min(sample.rounds_ms), abs=1e-4)
     assert predictor.error["rounds"] == ROUNDS
@@ -112,6 +112,40 @@ def test_calibrated_predictor_predicts_without_building(calibrated: tuple[Predic
 
     measured = measure(build_model(deep), RESOLUTION, threads=THREADS, settings=MeasureSettings.quick()).ms
     assert 0.25 * measured < p_deep.ms < 4.0 * measured
+
+
+def test_anchored_rescales_to_fresh_timings(calibrated: tuple[Predictor, Path]) -> None:
+    """Fresh timings of a few archs (the search's space fit) rescale every prediction by their median
+    measured / predicted ratio, within ANCHOR_BOUNDS; fewer than MIN_ANCHORS leave it as it was."""
+    from nas.latency._predictor import ANCHOR_BOUNDS, MIN_ANCHORS
+
+    predictor, _ = calibrated
+    space = load_space_text(SPACE.replace("DEPTHS", "[1, 2]"))
+    archs = sample_archs(space, 4, 0)
+    probe = _arch("mbconv", 2)
+    before = predictor.predict(probe).ms
+    ratios = [1.05, 1.1, 1.1, 1.3]  # median 1.1
+    anchored = predictor.anchored([(a, r * predictor.predict(a).ms) for a, r in zip(archs, ratios, strict=True)])
+    assert anchored.predict(probe).ms == pytest.approx(1.1 * before)
+    assert anchored.error["anchor"]["archs"] == 4 and predictor.predict(probe).ms == before  # the original unchanged
+    assert predictor.anchored([(a, 2 * predictor.predict(a).ms) for a in archs[:MIN_ANCHORS - 1]]) is predictor
+    slow_spell = predictor.anchored([(a, 3 * predictor.predict(a).ms) for a in archs])
+    assert slow_spell.predict(probe).ms == pytest.approx(ANCHOR_BOUNDS[1] * before)
+
+
+def test_search_anchors_the_predictor_to_its_space_fit(calibrated: tuple[Predictor, Path]) -> None:
+    """The search's space fit times 8 samples of the fitted space: decoded again from the recorded
+    fit, they re-anchor the predictor (here every timing 1.2x its prediction)."""
+    from nas.fit import fit_space
+    from nas.search.fitting import anchor_to_fit, apply_fit
+
+    predictor, _ = calibrated
+    space = load_space_text(SPACE.replace("DEPTHS", "[1, 2]"))
+    budget = 4 * predictor.predict(_arch("mbconv", 2)).ms
+    fit = fit_space(space, 10, budget, lambda arch: 1.2 * predictor.predict(arch).ms, samples=8, probe=3)
+    anchored = anchor_to_fit(predictor, fit, apply_fit(space, fit), 10)
+    assert anchored.error["anchor"]["archs"] == 8
+    assert anchored.error["anchor"]["median_ratio"] == pytest.approx(1.2)
 
 
 def test_features_count_padded_channels_and_blocks() -> None:

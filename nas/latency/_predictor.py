@@ -38,7 +38,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's r
 OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
 CHANNEL_BLOCK = 16  # OpenVINO's CPU plugin lays fp32 channels out in blocks of 16 (AVX-512): dense MACs count padded
+MIN_ANCHORS = 4  # fresh timings needed to re-anchor a calibration's scale (Predictor.anchored)
+ANCHOR_BOUNDS = (0.8, 1.25)  # the anchor factor's range: a fit timed in a slow spell must not reject half the space
 MIN_CORRECTION_SAMPLES = 8  # networks needed to fit the correction's scale and constant (fewer: the median ratio)
 # Each calibration network is timed in ROUNDS rounds over a BATCH of networks, so its rounds lie
 # ~10 s apart and meet different spells; its per-node profile (which only divides the network's time
@@ -404,6 +406,21 @@ class Predictor:
         unseen = sum(unit.key not in self.unit_ms for unit in units)
         ms = self.correction["*"] * total + self.correction["const"]
         return Prediction(max(0.0, ms), total, len(units), unseen)
+
+    def anchored(self, timed: Sequence[tuple[Arch, float]]) -> Predictor:
+        """A copy rescaled to latencies measured now: a shared host's quiet speed drifts by ~10% over
+        minutes (the AMD EPYC VM's calibration over-predicted the next ten minutes' held-out timings
+        by a median 8-9%), so a few fresh timings of any architectures (the search's space fit) set
+        the scale: the median measured / predicted ratio, within ANCHOR_BOUNDS, from at least
+        MIN_ANCHORS of them; fewer: unchanged. The factor is recorded in `error["anchor"]`."""
+        ratios = [ms / p for arch, ms in timed if ms > 0 and (p := self.predict(arch).ms) > 0]
+        if len(ratios) < MIN_ANCHORS:
+            return self
+        factor = min(max(float(np.median(ratios)), ANCHOR_BOUNDS[0]), ANCHOR_BOUNDS[1])
+        correction = {"*": self.correction["*"] * factor, "const": self.correction["const"] * factor}
+        return replace(self, correction=correction,
+                       error={**self.error, "anchor": {"factor": factor, "archs": len(ratios),
+                                                       "median_ratio": float(np.median(ratios))}})
 
     # ---- persistence ----
     def to_dict(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from nas.errors import UserError
 from nas.failures import failure_share_error
 from nas.identity import RunIdentity, check_identity, read_identity
 from nas.runs import RESULTS_DIR, atomic_write, check_study_file
-from nas.search.fitting import apply_fit, enqueue_fit_samples, fitted_space
+from nas.search.fitting import anchor_to_fit, apply_fit, enqueue_fit_samples, fitted_space
 from nas.search.loop import enqueue_baselines, optimize
 from nas.search.roles import ROLES, StudyLatency, join_study, serve
 from nas.search.storage import (
@@ -262,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                    sort_keys=False))
         if not args.quiet:
             print(fit.line(), file=sys.stderr)
+        if objective.predictor is not None:
+            objective.predictor = anchor_to_fit(objective.predictor, fit, objective.space, splits.num_classes)
+            anchor = objective.predictor.error.get("anchor")
+            if anchor and not args.quiet:
+                print(f"predictor anchored to the fit's {anchor['archs']} timings: predictions x{anchor['factor']:.3f}",
+                      file=sys.stderr)
     if not args.no_baselines:
         try:
             enqueue_baselines(study, objective, args.budget_ms, args.quiet)

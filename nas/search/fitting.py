@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from nas.fit import SpaceFit, fit_space
+from nas.latency import Predictor
 from nas.search import claims
 from nas.space import SearchSpace
 
@@ -54,3 +55,13 @@ def _missing(study: optuna.Study, fit: SpaceFit) -> list[int]:
 
 def apply_fit(space: SearchSpace, fit: SpaceFit | None) -> SearchSpace:
     return space if fit is None else space.scaled(fit.multiplier)
+
+
+def anchor_to_fit(predictor: Predictor, fit: SpaceFit, space: SearchSpace, num_classes: int) -> Predictor:
+    """The predictor rescaled to the fit's timings of its samples in the fitted `space` (measured by
+    this search, minutes ago: see Predictor.anchored). Deterministic from the recorded fit, so a
+    resumed search or another worker anchors alike."""
+    chosen = max((r for r in fit.rounds if r["multiplier"] == fit.multiplier), key=lambda r: len(r["latencies_ms"]))
+    timed = [(space.decode(params, num_classes), ms)
+             for params, ms in zip(fit.samples, chosen["latencies_ms"], strict=False)]
+    return predictor.anchored(timed)
