@@ -10,6 +10,11 @@ kept: a shared host has slow spells that slow networks ~1.5x): share within
 of bench/results/predictor_<cpu>.json (a run of one precision keeps the other's section), with the
 machine description and the load while measuring.
 
+A shared host's quiet speed also drifts by several percent over minutes, so a calibration made in
+one window is off by a common factor in another: four more architectures per space (not scored) are
+timed in the same rounds, and the summary's `anchored` section reports the predictions rescaled to
+them (Predictor.anchored, as the search rescales to its space fit's timings) beside the raw ones.
+
 The reference itself is noisy (every sweep compiles the models afresh): `--again` measures the
 section's architectures once more (run it in another quiet window), the reference becomes the mean
 of the runs, and the summary's `repeatability` says how far two runs of one architecture lie
@@ -199,8 +204,15 @@ def _reference(row: dict[str, Any]) -> None:
 
 def score(section: dict[str, Any], predictor: Predictor) -> None:
     """Predict every row with `predictor` and summarise, in place. Rows of archs the calibration timed
-    and rows without a quiet run are kept (flagged) but left out of the metrics."""
+    and rows without a quiet run are kept (flagged) but left out of the metrics; so are the anchors:
+    the "anchor" set's rows, and with `settings.anchor_rows` = K the first K rows of each space (for
+    sweeps made without an anchor set; the raw and anchored metrics then cover the same rows)."""
     calibration = set(predictor.archs)
+    taken, anchor_rows = {"default": 0, "wide": 0}, section["settings"].get("anchor_rows", 0)
+    for row in section["rows"]:
+        row["anchor"] = row["space"] == "anchor" or taken.get(row["space"], 0) < anchor_rows
+        if row["space"] in taken:
+            taken[row["space"]] += 1
     for row in section["rows"]:
         _reference(row)
         started = time.perf_counter()
@@ -208,13 +220,13 @@ def score(section: dict[str, Any], predictor: Predictor) -> None:
         row.update(predicted_ms=prediction.ms, relative_error=prediction.ms / row["measured_ms"] - 1.0,
                    regressed_units=prediction.regressed, predict_seconds=time.perf_counter() - started,
                    in_calibration=row["arch_hash"] in calibration)
-    used = [r for r in section["rows"] if not r["loaded"] and not r["in_calibration"] and r["space"] != "anchor"]
+    used = [r for r in section["rows"] if not r["loaded"] and not r["in_calibration"] and not r["anchor"]]
     spaces = sorted({r["space"] for r in used}, key=["default", "wide"].index)
     summary: dict[str, Any] = {name: metrics([r for r in used if r["space"] == name]) for name in spaces}
     summary["all_attention"] = metrics([r for r in used if r["all_attention"]])
     summary["all"] = metrics(used)
-    anchors = [(Arch.from_dict(r["arch"]), r["measured_ms"]) for r in section["rows"]
-               if r["space"] == "anchor" and not r["loaded"]]
+    anchors = [(Arch.from_dict(r["arch"]), r["measured_ms"])
+               for r in section["rows"] if r["anchor"] and not r["loaded"]]
     anchored = predictor.anchored(anchors)
     if anchored is not predictor:  # the same predictions, rescaled to the sweep's time by the anchor rows
         for row in section["rows"]:
@@ -278,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure the archs of the --out file's section once more (repeatability; reference = mean)")
     p.add_argument("--rescore", action="store_true",
                    help="no timing: predict the section's rows with the current calibration and summarise again")
+    p.add_argument("--anchor-rows", type=int, default=None,
+                   help="with --rescore: the first N rows of each space anchor the predictor instead of being "
+                        "scored (sweeps made without anchor archs; kept in the file's settings)")
     p.add_argument("--search-run", type=Path, default=None,
                    help="instead: record where a finished search's wall time went (its run folder)")
     p.add_argument("--search-wall-s", type=float, default=None, help="with --search-run: the search's wall seconds")
@@ -327,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "max_others_cpu": max((r["runs"][-1]["others_cpu"] or 0.0) for r, _ in todo),
                                   "loaded_measurements": sum(r["runs"][-1]["loaded"] for r, _ in todo),
                                   "rounds": args.rounds, "note": os.environ.get("PREDICTOR_BENCH_NOTE", "")})
+    if args.anchor_rows is not None:
+        section["settings"]["anchor_rows"] = args.anchor_rows
     score(section, predictor)
     if "precisions" not in result:  # a file of the one-precision layout: start afresh
         result = {key: value for key, value in result.items() if key == "search"}
