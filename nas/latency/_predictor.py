@@ -563,8 +563,8 @@ def _shares(sample: Sample) -> Sample:
     """The sample with its profiled unit times rescaled to sum to its measured latency: the profile
     says how a network's time divides among its units, the timing how long it is. Profiling overhead
     is not a constant of the machine: on the AMD EPYC VM measured / profiled drifted from ~1.0 to
-    ~0.7 within one calibration (a host's slow spells touch profiled runs differently), so unscaled
-    profiles taught the regressions the drift (leave-one-out 63% within 10%; rescaled 86%)."""
+    ~0.7 within one calibration (a host's slow spells touch profiled runs differently), and unscaled
+    profiles taught the regressions that drift."""
     total = sum(sample.units.values())
     if total <= 0:
         return sample
