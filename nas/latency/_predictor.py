@@ -381,7 +381,7 @@ class Predictor:
     machine: str
     unit_ms: dict[str, float]  # unit key -> mean in-context ms over the calibration networks (seen units)
     groups: dict[str, list[float]]  # group (or kind, or "all") -> ms per feature (Unit.features)
-    correction: dict[str, float]  # group -> scale, "*": the scale of a group not fitted, "const": ms
+    correction: dict[str, float]  # "*": scale on the regressions' sum, "const": ms (see _corrected)
     error: dict[str, Any] = field(default_factory=dict)  # leave-one-out errors on the calibration archs
     created_at: float = 0.0
     spaces: list[str] = field(default_factory=list)
@@ -404,8 +404,7 @@ class Predictor:
         units = decompose(arch, self.resolution)
         total = sum(self.regressed_ms(unit) for unit in units)
         unseen = sum(unit.key not in self.unit_ms for unit in units)
-        ms = self.correction["*"] * total + self.correction["const"]
-        return Prediction(max(0.0, ms), total, len(units), unseen)
+        return Prediction(max(0.0, _corrected(self.correction, total)), total, len(units), unseen)
 
     def anchored(self, timed: Sequence[tuple[Arch, float]]) -> Predictor:
         """A copy rescaled to latencies measured now: a shared host's quiet speed drifts by ~10% over
@@ -416,11 +415,11 @@ class Predictor:
         ratios = [ms / p for arch, ms in timed if ms > 0 and (p := self.predict(arch).ms) > 0]
         if len(ratios) < MIN_ANCHORS:
             return self
-        factor = min(max(float(np.median(ratios)), ANCHOR_BOUNDS[0]), ANCHOR_BOUNDS[1])
+        median = float(np.median(ratios))
+        factor = min(max(median, ANCHOR_BOUNDS[0]), ANCHOR_BOUNDS[1])
         correction = {"*": self.correction["*"] * factor, "const": self.correction["const"] * factor}
         return replace(self, correction=correction,
-                       error={**self.error, "anchor": {"factor": factor, "archs": len(ratios),
-                                                       "median_ratio": float(np.median(ratios))}})
+                       error={**self.error, "anchor": {"factor": factor, "archs": len(ratios), "median_ratio": median}})
 
     # ---- persistence ----
     def to_dict(self) -> dict[str, Any]:
@@ -559,6 +558,11 @@ def _fit_correction(samples: list[Sample], specs: dict[str, Unit], groups: dict[
     return {"*": float(scale), "const": float(const)}
 
 
+def _corrected(correction: dict[str, float], regressed_sum: float) -> float:
+    """A network's latency from the sum of its units' regressed times: scale * sum + const."""
+    return correction["*"] * regressed_sum + correction["const"]
+
+
 def _shares(sample: Sample) -> Sample:
     """The sample with its profiled unit times rescaled to sum to its measured latency: the profile
     says how a network's time divides among its units, the timing how long it is. Profiling overhead
@@ -600,7 +604,7 @@ def fit(predictor: Predictor) -> Predictor:
             unit_ms, groups = _fit_units(rest, specs)
             correction = _fit_correction(rest, specs, groups)
             total = sum(_regressed(groups, specs[key]) for key in held.units)
-            errors.append((correction["*"] * total + correction["const"]) / held.measured_ms - 1.0)
+            errors.append(_corrected(correction, total) / held.measured_ms - 1.0)
     kept = {k: v for k, v in predictor.error.items() if k in ("calibration_seconds", "units_in_spaces", "rounds")}
     kept["samples_used"] = len(samples)
     if errors:
