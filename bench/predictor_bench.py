@@ -15,12 +15,14 @@ one window is off by a common factor in another: four more architectures per spa
 timed in the same rounds, and the summary's `anchored` section reports the predictions rescaled to
 them (Predictor.anchored, as the search rescales to its space fit's timings) beside the raw ones.
 
-The reference itself is noisy (every sweep compiles the models afresh): `--again` measures the
-section's architectures once more (run it in another quiet window), the reference becomes the mean
-of the runs, and the summary's `repeatability` says how far two runs of one architecture lie
-apart, a floor under any predictor's error. Architectures the calibration has since timed are left
-out of the metrics (no longer held out); `--rescore` recomputes the predictions and metrics of the
-saved rows against the current calibration without timing.
+The reference itself is noisy: a slow phase of the host can outlast a whole sweep's rounds of an
+architecture (on the AMD EPYC VM one sweep read 2.11 ms for an arch another read at 1.70 ms, every
+round of it slow). `--again` measures the section's architectures once more (run it in another
+window), the reference becomes the fastest of the runs (the same rule as within a sweep; a run's
+fastest round was the most repeatable of the estimators tried, see README), and the summary's
+`repeatability` says how far two runs of one architecture lie apart. Architectures the calibration
+has since timed are left out of the metrics (no longer held out); `--rescore` recomputes the
+predictions and metrics of the saved rows against the current calibration without timing.
 
     python -m bench.predictor_bench                  # 20 + 20 + 8 archs, 6 rounds: ~8 min
     python -m bench.predictor_bench --again          # the same archs again (repeatability)
@@ -195,11 +197,16 @@ def measure_sweep(archs: list[Arch], precision: str, threads: int, resolution: i
     return runs
 
 
-def _reference(row: dict[str, Any]) -> None:
-    """The row's reference: the mean of its quiet runs (all runs' fastest when every run was loaded)."""
+def _reference(row: dict[str, Any], rule: str) -> None:
+    """The row's reference by `rule`: "fastest", the fastest of its quiet runs (a run is already its
+    fastest round: the quiet-machine estimate over every round of every sweep), or "mean", the mean of
+    its quiet runs (files made before 2026-12-06). All runs' fastest when every run was loaded."""
     quiet = [run["ms"] for run in row["runs"] if not run["loaded"]]
     row["loaded"] = not quiet
-    row["measured_ms"] = float(np.mean(quiet)) if quiet else min(run["ms"] for run in row["runs"])
+    if not quiet:
+        row["measured_ms"] = min(run["ms"] for run in row["runs"])
+    else:
+        row["measured_ms"] = float(min(quiet) if rule == "fastest" else np.mean(quiet))
 
 
 def score(section: dict[str, Any], predictor: Predictor) -> None:
@@ -213,8 +220,9 @@ def score(section: dict[str, Any], predictor: Predictor) -> None:
         row["anchor"] = row["space"] == "anchor" or taken.get(row["space"], 0) < anchor_rows
         if row["space"] in taken:
             taken[row["space"]] += 1
+    rule = section["settings"].setdefault("reference", "mean")  # files without the key were scored by the mean
     for row in section["rows"]:
-        _reference(row)
+        _reference(row, rule)
         started = time.perf_counter()
         prediction = predictor.predict(Arch.from_dict(row["arch"]))
         row.update(predicted_ms=prediction.ms, relative_error=prediction.ms / row["measured_ms"] - 1.0,
@@ -293,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anchor-rows", type=int, default=None,
                    help="with --rescore: the first N rows of each space anchor the predictor instead of being "
                         "scored (sweeps made without anchor archs; kept in the file's settings)")
+    p.add_argument("--reference", choices=("fastest", "mean"), default=None,
+                   help="an arch's reference over its sweeps: the fastest run (new sections) or their mean (the rule "
+                        "of sections made before it was an option); kept in the file's settings")
     p.add_argument("--search-run", type=Path, default=None,
                    help="instead: record where a finished search's wall time went (its run folder)")
     p.add_argument("--search-wall-s", type=float, default=None, help="with --search-run: the search's wall seconds")
@@ -321,14 +332,16 @@ def main(argv: list[str] | None = None) -> int:
                     for name, archs in held_out_sets(args.per_space, args.attention).items() for arch in archs]
             section = {"settings": {"backend": "openvino", "precision": args.precision, "threads": threads,
                                     "resolution": args.resolution, "per_space": args.per_space,
-                                    "attention_extra": args.attention, "seed": SEED, "spaces": {
+                                    "attention_extra": args.attention, "seed": SEED,
+                                    "reference": args.reference or "fastest",
+                                    "spaces": {
                                         "default": str(DEFAULT_SPACE.relative_to(DEFAULT_SPACE.parents[1])),
                                         "wide": str(WIDE_SPACE.relative_to(WIDE_SPACE.parents[1]))},
                                     "measure": "converted as nas.latency.measure converts, compiled once per sweep, "
                                                "nas.latency timing as the calibration times (one short attempt, "
                                                "no pace probe) in --rounds "
                                                "round-robin rounds, a run = the fastest quiet round "
-                                               "(quiet-machine estimate); reference = mean of the runs"},
+                                               "(quiet-machine estimate); reference = the fastest run"},
                        "sweeps": [], "rows": rows}
             todo = [(row, Arch.from_dict(row["arch"])) for row in rows]
         load_before, started = os.getloadavg(), time.time()
@@ -344,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "rounds": args.rounds, "note": os.environ.get("PREDICTOR_BENCH_NOTE", "")})
     if args.anchor_rows is not None:
         section["settings"]["anchor_rows"] = args.anchor_rows
+    if args.reference is not None:
+        section["settings"]["reference"] = args.reference
     score(section, predictor)
     if "precisions" not in result:  # a file of the one-precision layout: start afresh
         result = {key: value for key, value in result.items() if key == "search"}

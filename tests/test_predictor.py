@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -358,3 +359,42 @@ def test_bench_scores_against_anchor_rows(calibrated: tuple[Predictor, Path]) ->
     assert summary["default"]["archs"] == 2 and summary["default"]["within_10"] == 0.0
     assert summary["anchored"]["default"]["archs"] == 2 and summary["anchored"]["default"]["within_10"] == 1.0
     assert summary["anchored"]["anchor"]["factor"] == pytest.approx(1.25)  # 1.3 clamped to ANCHOR_BOUNDS
+
+
+def test_bench_reference_rule() -> None:
+    """bench.predictor_bench: a row's reference is its fastest quiet run ("fastest", new sections) or
+    their mean ("mean", sections made before the option); loaded runs count only when all are loaded."""
+    from bench.predictor_bench import _reference
+
+    runs = [{"ms": 1.2, "loaded": False}, {"ms": 0.8, "loaded": True}, {"ms": 1.0, "loaded": False}]
+    fastest, mean = {"runs": runs}, {"runs": runs}
+    _reference(fastest, "fastest")
+    _reference(mean, "mean")
+    assert (fastest["measured_ms"], fastest["loaded"]) == (1.0, False)
+    assert mean["measured_ms"] == pytest.approx(1.1)
+    all_loaded = {"runs": [{"ms": 1.2, "loaded": True}, {"ms": 0.9, "loaded": True}]}
+    _reference(all_loaded, "fastest")
+    assert (all_loaded["measured_ms"], all_loaded["loaded"]) == (0.9, True)
+
+
+def test_reference_bench_halves() -> None:
+    """bench.reference_bench: with the sentinel steady, the sentinel-corrected estimators equal the plain
+    ones; an arch whose second half runs 1.5x slow in every round moves by 50% under `fastest`, and a
+    sentinel slowed alike cancels it."""
+    from bench.reference_bench import SENTINEL, halves_agreement
+
+    def trace(second_half: float, sentinel_second_half: float) -> list[dict[str, Any]]:
+        steps = []
+        for r in range(4):
+            slow, sentinel_slow = (second_half, sentinel_second_half) if r >= 2 else (1.0, 1.0)
+            steps.append({"name": SENTINEL, "ms": 2.0 * sentinel_slow})
+            steps.append({"name": 0, "ms": (1.0 + 0.01 * r) * slow})
+            steps.append({"name": SENTINEL, "ms": 2.0 * sentinel_slow})
+        return steps
+
+    steady = halves_agreement(trace(1.0, 1.0))
+    assert steady["fastest"]["median_abs"] == pytest.approx(steady["sentinel_fastest"]["median_abs"]) \
+        == pytest.approx(0.02 / 1.0)
+    phase = halves_agreement(trace(1.5, 1.5))
+    assert phase["fastest"]["median_abs"] == pytest.approx(1.5 * 1.02 - 1.0)
+    assert phase["sentinel_fastest"]["median_abs"] == pytest.approx(0.02)

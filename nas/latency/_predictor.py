@@ -58,14 +58,17 @@ PREDICTOR_SCHEMA = 4  # 4: regressions on profiles rescaled to the timing, scale
 CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with start-up and saving
 CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
 # Whole networks are timed in many short rounds (ROUNDS), the fastest kept: on a shared host's slow
-# spells (bench/host_phases.py: on one AMD EPYC VM 48% of the time, at ~1.5x) waiting with the pace
-# probe costs seconds per network and still misses, while a round that lands in a spell only loses
-# the min. So a round is one attempt of 3 short passes, with no probe and no re-attempts; a round
-# during which other processes used more than 0.1 core per timing thread counts as loaded (on a
-# 2-core machine with SMT siblings even niced neighbours slowed networks by a third), and a network
-# with no quiet round is recorded but not fitted.
-ARCH_SETTINGS = MeasureSettings(passes=3, max_retries=0, max_wait_seconds=20.0, max_others_cpu=0.1,
-                                pace_factor=0.0, max_loaded_retries=0)
+# spells (bench/host_phases.py: on one AMD EPYC VM 48-62% of the time, at 1.5x and up to 2.3x, for
+# seconds to over a minute) waiting with the pace probe costs seconds per network and still misses,
+# while a round that lands in a spell only loses the min; but with 6 rounds ~6% of networks (0.62^6)
+# met no fast moment at all, and read up to 2x slow. So rounds are many and cheap: one attempt of 2
+# short passes after a short warm-up and a 0.2 s look at /proc/stat, no probe, no re-attempts (about
+# half a second for a 2 ms network; ten of them cost what six rounds of 3 passes did). A round during
+# which other processes used more than 0.1 core per timing thread counts as loaded (on a 2-core
+# machine with SMT siblings even niced neighbours slowed networks by a third), and a network with no
+# quiet round is recorded but not fitted.
+ARCH_SETTINGS = MeasureSettings(passes=2, warmup_seconds=0.1, quiet_window_seconds=0.2, max_retries=0,
+                                max_wait_seconds=20.0, max_others_cpu=0.1, pace_factor=0.0, max_loaded_retries=0)
 MIN_GROUP_SAMPLES = 4  # a group with fewer in-context samples uses its kind's regression
 OUTLIER_BAND = 0.25  # a calibration network whose measured/profiled ratio is off the median by more is not fitted
 MIN_MARGIN = 0.10  # rejection margin floor (relative over-prediction tolerated before rejecting)
@@ -74,11 +77,15 @@ MIN_ANCHORS = 4  # fresh timings needed to re-anchor a calibration's scale (Pred
 ANCHOR_BOUNDS = (0.8, 1.25)  # the anchor factor's range: a fit timed in a slow spell must not reject half the space
 MIN_CORRECTION_SAMPLES = 8  # networks needed to fit the correction's scale and constant (fewer: the median ratio)
 # Each calibration network is timed in ROUNDS rounds over a BATCH of networks, so its rounds lie
-# ~10 s apart and meet different spells; its per-node profile (which only divides the network's time
-# among its units, see `_shares`) is taken in the first PROFILE_ROUNDS of them, each node's fastest kept.
-ROUNDS = 6
+# ~20 s apart and its fastest comes from the fastest phase of a ~3-minute window: on the AMD EPYC VM a
+# slow phase (1.5-2x) lasted over a minute at a time, and with batches of 12 (~2 minutes) whole batches
+# missed the fast level (leave-one-out errors clustered by batch, medians +5% / -12% / +1%). Its
+# per-node profile (which only divides the network's time among its units, see `_shares`) is taken in
+# the first PROFILE_ROUNDS of them, each node's fastest kept.
+ROUNDS = 10
 PROFILE_ROUNDS = 2
-BATCH = 12
+BATCH = 24
+MIN_BATCH = 6  # a later batch that the time left cannot fill to this is not started
 
 
 class PredictorError(UserError):
@@ -738,7 +745,7 @@ def calibrate(spaces: Iterable[Any], *, backend: str = backends.DEFAULT_BACKEND,
         while len(timed) < len(calibration):
             left = seconds - (time.monotonic() - started)
             size = BATCH if not timed else min(BATCH, int(left // per_arch) if per_arch else BATCH)
-            if size < 1:
+            if size < (MIN_BATCH if timed else 1):  # a few networks' rounds lie seconds apart, in one phase
                 break
             batch = [_prepare(arch, backend=backend, threads=threads, resolution=resolution, precision=precision)
                      for arch in calibration[len(timed):len(timed) + size]]
