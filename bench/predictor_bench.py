@@ -24,7 +24,7 @@ fastest round was the most repeatable of the estimators tried, see README), and 
 has since timed are left out of the metrics (no longer held out); `--rescore` recomputes the
 predictions and metrics of the saved rows against the current calibration without timing.
 
-    python -m bench.predictor_bench                  # 20 + 20 + 8 archs, 6 rounds: ~8 min
+    python -m bench.predictor_bench                  # 20 + 20 + 8 archs + 8 anchors, 10 rounds: ~13 min
     python -m bench.predictor_bench --again          # the same archs again (repeatability)
     python -m nas.latency --calibrate --space search_spaces/default.yaml --space search_spaces/wide.yaml
     python -m bench.predictor_bench --rescore        # predictions of the new calibration
