@@ -56,7 +56,7 @@ from nas.mixers import mixer_info
 
 PREDICTOR_SCHEMA = 4  # 4: regressions on profiles rescaled to the timing, scale * sum + c (3: per-group scales)
 CALIBRATION_SECONDS = 540.0  # the whole command stays under 10 minutes with start-up and saving
-CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~6 s each fp32, more for int8)
+CALIBRATION_ARCHS = 200  # at most; as many as fit in the time (~13 s each fp32 on a 2-core VM, ~17 s int8)
 # Whole networks are timed in many short rounds (ROUNDS), the fastest kept: on a shared host's slow
 # spells (bench/host_phases.py: on one AMD EPYC VM 48-62% of the time, at 1.5x and up to 2.3x, for
 # seconds to over a minute) waiting with the pace probe costs seconds per network and still misses,
