@@ -41,6 +41,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,17 @@ def held_out_sets(per_space: int, attention: int, anchors: int = ANCHORS) -> dic
     return sets
 
 
+def prepared_timing(arch: Arch, precision: str, threads: int, resolution: int) -> Callable[[], Any]:
+    """`arch` converted as nas.latency.measure converts it and compiled once; each call of the result
+    times it once as the calibration times (REFERENCE_SETTINGS) and returns its LatencyStats."""
+    from nas.latency._incontext import convert, timing_step
+    from nas.latency._measure import _model_key, _time
+
+    step = timing_step(convert(arch, resolution, precision), threads, precision)
+    key = _model_key(arch.hash, resolution, "openvino", threads, precision)
+    return lambda: _time(step, REFERENCE_SETTINGS, key)
+
+
 def measure_sweep(archs: list[Arch], precision: str, threads: int, resolution: int,
                   rounds: int) -> list[dict[str, Any]]:
     """One run per arch: each built and converted as the search converts it, compiled once, then timed
@@ -169,14 +181,11 @@ def measure_sweep(archs: list[Arch], precision: str, threads: int, resolution: i
     ms is its fastest round. A shared host runs whole networks up to ~1.6x slower for seconds to tens of
     seconds; rounds a sweep apart meet different spells, so the fastest estimates the quiet machine."""
     from nas.latency import best_of_rounds
-    from nas.latency._incontext import convert, timing_step
-    from nas.latency._measure import _model_key, _time
 
     steps, prepared_s = {}, {}
     for index, arch in enumerate(archs):
         started = time.perf_counter()
-        steps[index] = (timing_step(convert(arch, resolution, precision), threads, precision),
-                        _model_key(arch.hash, resolution, "openvino", threads, precision))
+        steps[index] = prepared_timing(arch, precision, threads, resolution)
         prepared_s[index] = round(time.perf_counter() - started, 2)
     every: dict[int, list[Any]] = {i: [] for i in steps}
 
@@ -185,8 +194,7 @@ def measure_sweep(archs: list[Arch], precision: str, threads: int, resolution: i
         _say(f"{precision} round {round_number}/{rounds} {index + 1}/{len(archs)} {archs[index].hash}: "
              f"{stats.ms:.2f} ms{' (loaded)' if stats.loaded else ''}")
 
-    best_of_rounds({i: (lambda s=step, k=key: _time(s, REFERENCE_SETTINGS, k)) for i, (step, key) in steps.items()},
-                   rounds, ms=lambda stats: stats.ms, each=each)
+    best_of_rounds(steps, rounds, ms=lambda stats: stats.ms, each=each)
     runs = []
     for index in steps:
         quiet = [st for st in every[index] if not st.loaded] or every[index]

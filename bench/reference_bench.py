@@ -77,10 +77,11 @@ ESTIMATORS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 def halves_agreement(trace: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """For each estimator: how far its estimate from the first half of an architecture's rounds lies
     from its estimate from the second half."""
+    per_arch = _rounds_with_sentinel(trace).values()
     out = {}
     for name, estimate in ESTIMATORS.items():
         diffs = []
-        for rounds in _rounds_with_sentinel(trace).values():
+        for rounds in per_arch:
             ms, slow = np.array(rounds).T
             half = len(ms) // 2
             diffs.append(estimate(ms[half:], slow[half:]) / estimate(ms[:half], slow[:half]) - 1.0)
@@ -92,8 +93,7 @@ def halves_agreement(trace: list[dict[str, Any]]) -> dict[str, dict[str, float]]
 
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
-    from nas.latency._incontext import convert, timing_step
-    from nas.latency._measure import _model_key, _time
+    from bench.predictor_bench import prepared_timing
 
     p = argparse.ArgumentParser(prog="python -m bench.reference_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = sample_archs(load_space(DEFAULT_SPACE), 12, SEED) + sample_archs(load_space(WIDE_SPACE), 8, SEED + 1)
     sentinel = sample_archs(load_space(DEFAULT_SPACE), 1, SEED + 2)[0]
 
-    def prepared(arch: Any) -> Callable[[], Any]:
-        step = timing_step(convert(arch, 224, "fp32"), threads, "fp32")
-        key = _model_key(arch.hash, 224, "openvino", threads, "fp32")
-        return lambda: _time(step, ARCH_SETTINGS, key)
-
-    steps, sentinel_step = [prepared(a) for a in archs], prepared(sentinel)
+    steps = [prepared_timing(a, "fp32", threads, 224) for a in archs]
+    sentinel_step = prepared_timing(sentinel, "fp32", threads, 224)
     trace: list[dict[str, Any]] = []
 
     def timed(name: Any, step: Callable[[], Any]) -> None:
@@ -131,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {round_number + 1}/{args.rounds}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     result = {"machine": machine, "settings": {"threads": threads, "resolution": 224, "precision": "fp32",
                                                "rounds": args.rounds, "every": args.every, "seed": SEED,
+                                               "passes": ARCH_SETTINGS.passes,
                                                "measure": "nas.latency timing as the calibration times"},
               "seconds": round(time.time() - started, 1), "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "archs": [a.hash for a in archs], "sentinel": sentinel.hash,
