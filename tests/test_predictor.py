@@ -383,18 +383,18 @@ def test_reference_bench_halves() -> None:
     sentinel slowed alike cancels it."""
     from bench.reference_bench import SENTINEL, halves_agreement
 
-    def trace(second_half: float, sentinel_second_half: float) -> list[dict[str, Any]]:
+    def trace(second_half: float) -> list[dict[str, Any]]:
+        """Four rounds of sentinel, arch, sentinel; the last two rounds all `second_half` x slower."""
         steps = []
         for r in range(4):
-            slow, sentinel_slow = (second_half, sentinel_second_half) if r >= 2 else (1.0, 1.0)
-            steps.append({"name": SENTINEL, "ms": 2.0 * sentinel_slow})
-            steps.append({"name": 0, "ms": (1.0 + 0.01 * r) * slow})
-            steps.append({"name": SENTINEL, "ms": 2.0 * sentinel_slow})
+            slow = second_half if r >= 2 else 1.0
+            steps += [{"name": SENTINEL, "ms": 2.0 * slow}, {"name": 0, "ms": (1.0 + 0.01 * r) * slow},
+                      {"name": SENTINEL, "ms": 2.0 * slow}]
         return steps
 
-    steady = halves_agreement(trace(1.0, 1.0))
+    steady = halves_agreement(trace(1.0))
     assert steady["fastest"]["median_abs"] == pytest.approx(steady["sentinel_fastest"]["median_abs"]) \
         == pytest.approx(0.02 / 1.0)
-    phase = halves_agreement(trace(1.5, 1.5))
+    phase = halves_agreement(trace(1.5))
     assert phase["fastest"]["median_abs"] == pytest.approx(1.5 * 1.02 - 1.0)
     assert phase["sentinel_fastest"]["median_abs"] == pytest.approx(0.02)
