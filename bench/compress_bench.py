@@ -40,7 +40,9 @@ from compress.prune import prune_model
 from compress.quantize import quantize_model
 from nas.arch import Arch, StageSpec
 from nas.atomic import atomic_write
+from nas.cli import Parser
 from nas.data import calibration_subset, load_dataset
+from nas.errors import run_cli
 from nas.export import save_openvino
 from nas.latency import (
     MeasureSettings,
@@ -164,7 +166,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compress_bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m bench.compress_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="less data and shorter timing (~5 min)")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--ratio", type=float, default=0.3, help="pruning channel ratio (default 0.3)")
@@ -200,4 +202,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

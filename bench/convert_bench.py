@@ -12,7 +12,6 @@ XML op for op once OpenVINO's auto-numbered names are normalised), and reports t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -26,6 +25,9 @@ from typing import Any
 
 if __package__ in (None, ""):  # `python bench/convert_bench.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nas.cli import Parser
+from nas.errors import run_cli
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,7 +57,7 @@ def ir_signature(ov_model: Any) -> tuple[str, bytes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.convert_bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench.convert_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--archs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--width", type=float, default=2.24,
@@ -119,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -31,6 +31,8 @@ if __package__ in (None, ""):  # `python bench/host_phases.py`: make `nas` impor
 
 from nas.atomic import atomic_write
 from nas.baselines import FAMILIES
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.latency import default_threads, describe_machine
 from nas.latency._pace import Probe
 from nas.latency._timing import cpu_clock, others_cores
@@ -111,7 +113,7 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
 
-    p = argparse.ArgumentParser(prog="python -m bench.host_phases", description=__doc__,
+    p = Parser(prog="python -m bench.host_phases", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--family", choices=sorted(FAMILIES), default="casvit", help="baseline network timed (x1)")
@@ -138,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

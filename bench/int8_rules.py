@@ -34,6 +34,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.int8_profile import model_archs, run_baselines, winner_arch
+from nas.cli import Parser
+from nas.errors import run_cli
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # variant -> changes to every family's rules (None: keep_float off, every op quantized)
@@ -224,7 +226,7 @@ def choose(report: dict[str, Any], max_drop: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.int8_rules", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m bench.int8_rules", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--winner", type=int, default=None)
     p.add_argument("--resolution", type=int, default=224)
@@ -350,4 +352,4 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,7 +16,6 @@ Prints a table; writes bench/results/interference_bench_<cpu>.json (`_quick` wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,6 +33,8 @@ if __package__ in (None, ""):  # `python bench/interference_bench.py`: make `nas
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.atomic import atomic_write
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.latency import MeasureSettings, _timing, add_wait_hook, describe_machine, remove_wait_hook, runtime_version
 from nas.machine_lock import measuring
 
@@ -153,7 +154,7 @@ def print_table(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
 
-    p = argparse.ArgumentParser(prog="python -m bench.interference_bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m bench.interference_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one round, 10 s wait cap (development)")
     p.add_argument("--rounds", type=int, default=None, help="rounds of all scenarios (default 2, --quick 1)")
     p.add_argument("--transient", type=float, default=8.0, help="seconds the transient hog runs (default 8)")
@@ -179,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # `python bench/latency_bench.py`: make `nas` imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.atomic import atomic_write
-from nas.cli import installed_command
+from nas.cli import Parser, installed_command
+from nas.errors import UserError, run_cli
 from nas.latency import (
     LatencyStats,
     MeasureSettings,
@@ -103,7 +104,7 @@ def candidates(presets: list[str], sampled: int, seed: int) -> list[Candidate]:
         return [Candidate(f"handmade_w{w}", "handmade", lambda w=w: _handmade(w)) for w in (16, 32, 64)]
     for name in presets:
         if name not in list_presets():
-            raise SystemExit(f"error: unknown preset {name!r}; allowed: {', '.join(list_presets())}")
+            raise UserError(f"--presets: unknown preset {name!r}; allowed: {', '.join(list_presets())}")
         arch = load_preset(name)
         out.append(Candidate(name, "preset", lambda a=arch: build_model(a), arch.hash))
     if sampled:
@@ -384,7 +385,8 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m bench.latency_bench", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 presets + 1 sampled, shorter runs")
     p.add_argument("--presets", nargs="+", default=None, help=f"default: {' '.join(PRESETS)}")
     p.add_argument("--sampled", type=int, default=None, help="sampled architectures (default 2, quick 1)")
@@ -468,4 +470,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -40,6 +40,8 @@ if __package__ in (None, ""):  # `python bench/precision_bench.py`: make `nas` i
 
 from bench.latency_bench import run_benchmark_app
 from nas.atomic import atomic_write
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.export import convert_openvino, save_openvino
 from nas.latency import (
     FLOAT_PRECISIONS,
@@ -197,7 +199,7 @@ def _winner(run: Path | None) -> tuple[Any, dict[str, Any]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.precision_bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m bench.precision_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=None, help="search run whose best winner to include (default latest)")
     p.add_argument("--presets", nargs="*", default=None)
     p.add_argument("--quick", action="store_true")
@@ -313,4 +315,4 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -52,6 +52,8 @@ if __package__ in (None, ""):  # `python bench/predictor_bench.py`: make `nas` i
 
 from nas.arch import Arch
 from nas.atomic import atomic_write
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.latency import Predictor, default_threads, describe_machine, load_predictor
 from nas.latency._predictor import ARCH_SETTINGS, ROUNDS, sample_archs
 from nas.mixers import mixer_info
@@ -291,7 +293,7 @@ def _table(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
 
-    p = argparse.ArgumentParser(prog="python -m bench.predictor_bench", description=__doc__,
+    p = Parser(prog="python -m bench.predictor_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-space", type=int, default=20, help="held-out archs drawn per space (default 20)")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or int8 (NNCF-quantized IR)")
@@ -380,4 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

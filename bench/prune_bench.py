@@ -20,7 +20,6 @@ Intermediate models live in <run>/compress/<winner>/prune_bench/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from torch import nn
 from compress._target import Target, load_target
 from compress.prune import PruneStep, interleaved_latency, prune_model, save_pruned, snapshot
 from nas.atomic import atomic_write
+from nas.cli import Parser
 from nas.errors import UserError, run_cli
 from nas.latency import cpu_name, describe_machine, measure, runtime_version
 
@@ -173,7 +173,7 @@ def stage_time(target: Target, rounds: int, out: Path | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prune_bench", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m bench.prune_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("prune", "tune", "time"))
     parser.add_argument("--run", required=True)
     parser.add_argument("--winner", type=int, default=None)

@@ -34,6 +34,8 @@ if __package__ in (None, ""):  # `python bench/reference_bench.py`: make `nas` i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nas.atomic import atomic_write
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.latency import default_threads, describe_machine
 from nas.latency._predictor import ARCH_SETTINGS, sample_archs
 from nas.space import DEFAULT_SPACE, load_space
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.precision_bench import cpu_slug
     from bench.predictor_bench import prepared_timing
 
-    p = argparse.ArgumentParser(prog="python -m bench.reference_bench", description=__doc__,
+    p = Parser(prog="python -m bench.reference_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=10, help="rounds over all archs (default 10; halves compared)")
     p.add_argument("--every", type=int, default=3, help="a sentinel timing after every N archs (default 3)")
@@ -143,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

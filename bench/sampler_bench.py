@@ -39,6 +39,8 @@ if __package__ in (None, ""):  # `python bench/sampler_bench.py`: make `nas` imp
 
 from nas.arch import Arch
 from nas.atomic import atomic_write
+from nas.cli import Parser
+from nas.errors import run_cli
 from nas.mixers import mixer_names
 from nas.space import SearchSpace, load_space
 
@@ -188,7 +190,7 @@ def summarise(curves: list[list[float]]) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.sampler_bench", description=__doc__,
+    p = Parser(prog="python -m bench.sampler_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--record", type=Path, default=None, help="write the replay table from this search run, first")
     p.add_argument("--table", type=Path, default=TABLE)
@@ -228,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -32,6 +32,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/train_throughput.py`: make `nas` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nas.cli import Parser
+from nas.errors import run_cli
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILY_SCALES = {"casvit": 0.75, "efficientvit": 0.375, "cagevit": 0.25}  # the default run's rungs at 5 ms
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -149,7 +152,8 @@ def _accuracy(resolutions: list[int], epochs: int, archs: int) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m bench.train_throughput", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--rounds", type=int, default=3)
@@ -220,4 +224,4 @@ def _throughput(args: argparse.Namespace, machine: dict[str, Any], line: str) ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,7 +13,6 @@ records the load and each run's share of other processes' CPU).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/winners_benchmark_app.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nas.cli import Parser
 from nas.errors import UserError, run_cli
 from nas.runs import list_winners, read_config, resolve_run
 
@@ -104,7 +104,7 @@ def check_run(run_dir: Path, seconds: int, calibration_images: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.winners_benchmark_app", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m bench.winners_benchmark_app", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="search run directory or name under results/")
     parser.add_argument("--seconds", type=int, default=10, help="benchmark_app -t per winner")
     parser.add_argument("--calibration", type=int, default=64, help="train images for INT8 calibration")
