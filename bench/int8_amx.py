@@ -97,17 +97,17 @@ def variant_rules(name: str) -> Any:
 
 def winner(run: Path, trial: int | None) -> tuple[str, Any, Path, str, int]:
     """(name, arch, weights, which weights, their resolution): final weights when final training ran."""
-    from bench.int8_profile import winner_arch
+    from bench.int8_profile import run_winner
     from nas.final import final_weights
     from nas.runs import read_config
 
-    name, arch = winner_arch(run, trial)
+    found = run_winner(run, trial)
+    name, arch = f"winner_{found.trial}", found.arch
     resolution = read_config(run)["space"]["resolution"]
     final = final_weights(run, arch)
     if final is not None:
         return name, arch, final, "final", int(resolution["target"])
-    folder = next(f for f in (run / "winners").iterdir() if f.name.split("-", 1)[0] == name.split("_", 1)[1])
-    return name, arch, folder / "weights.pt", "proxy", int(resolution["proxy"])
+    return name, arch, found.directory / "weights.pt", "proxy", int(resolution["proxy"])
 
 
 def timed_hints(args: argparse.Namespace) -> list[str]:

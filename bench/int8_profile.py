@@ -45,8 +45,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nas.cli import Parser
-from nas.errors import UserError, run_cli
+from nas.cli import Parser, positive_int
+from nas.errors import run_cli
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = ("casvit_xs", "efficientvit_b0")
@@ -82,16 +82,16 @@ def run_baselines(run: Path) -> dict[str, Any]:
     return out
 
 
-def winner_arch(run: Path, trial: int | None) -> tuple[str, Any]:
-    from nas.arch import Arch
+def run_winner(run: Path, trial: int | None) -> Any:
+    """The run's winner of `trial` (default: the best on the front), by nas.runs (one-line errors)."""
+    from nas.runs import get_winner, resolve_run
 
-    folders = sorted((run / "winners").iterdir())
-    if trial is not None:
-        folders = [f for f in folders if f.name.split("-", 1)[0] == str(trial)]
-    if not folders:
-        raise UserError(f"no winner {trial if trial is not None else ''} under {run / 'winners'}")
-    chosen = folders[0]
-    return f"winner_{chosen.name.split('-', 1)[0]}", Arch.load(chosen / "arch.yaml")
+    return get_winner(resolve_run(run), trial)
+
+
+def winner_arch(run: Path, trial: int | None) -> tuple[str, Any]:
+    winner = run_winner(run, trial)
+    return f"winner_{winner.trial}", winner.arch
 
 
 def model_archs(run: Path, trial: int | None, presets: tuple[str, ...]) -> dict[str, Any]:
@@ -404,12 +404,12 @@ def print_tables(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench.int8_profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=None, help="a fitted search run (winners/, trials.csv)")
-    p.add_argument("--winner", type=int, default=None, help="winner trial (default: the first folder)")
+    p.add_argument("--winner", type=int, default=None, help="winner trial (default: the best on the front)")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=40, help="profiled inferences per IR and precision")
     p.add_argument("--bench-seconds", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3,
+    p.add_argument("--rounds", type=positive_int, default=3,
                    help="holds per IR, interleaved; the fastest-profiled hold is kept (slow host phases)")
     p.add_argument("--calibration", type=int, default=16, help="synthetic calibration images (latency only)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/vitnas-int8-profile"))

@@ -33,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.int8_profile import model_archs, run_baselines, winner_arch
+from bench.int8_profile import model_archs, run_baselines, run_winner
 from nas.cli import Parser
 from nas.errors import run_cli
 
@@ -76,9 +76,8 @@ def variant_rules(name: str) -> tuple[Any, bool]:
 
 def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
     """(arch, proxy weights) of the winner and of each baseline the run trained."""
-    name, arch = winner_arch(run, trial)
-    folder = next(f for f in (run / "winners").iterdir() if f.name.split("-", 1)[0] == name.split("_", 1)[1])
-    out = {name: (arch, folder / "weights.pt")}
+    found = run_winner(run, trial)
+    out = {f"winner_{found.trial}": (found.arch, found.directory / "weights.pt")}
     for base, barch in run_baselines(run).items():
         found = sorted((run / "checkpoints").glob(f"*-{barch.hash}.pt"))
         if found:

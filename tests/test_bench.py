@@ -31,13 +31,20 @@ def test_a_bad_flag_is_one_line_and_exit_2(script: str) -> None:
     assert "usage:" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_missing_winner_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "winners").mkdir()
-    result = subprocess.run([sys.executable, "-m", "bench.int8_profile", "--run", str(tmp_path), "--winner", "3",
-                             "--prepare-only", "--workdir", str(tmp_path / "work")],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_a_missing_run_or_winner_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    def profile(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench.int8_profile", *args, "--prepare-only",
+                               "--workdir", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+
+    result = profile("--run", str(tmp_path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "no winner 3" in result.stderr and str(tmp_path / "winners") in result.stderr
+    assert "no such run" in result.stderr and str(tmp_path) in result.stderr
+    (tmp_path / "config.yaml").write_text("space: {}\n")
+    (tmp_path / "winners").mkdir()
+    result = profile("--run", str(tmp_path), "--winner", "3")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "no winners" in result.stderr and str(tmp_path / "winners") in result.stderr
 
 
 def _hold(profiled: float, bench: float, ours: float | None = None) -> dict:
