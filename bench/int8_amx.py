@@ -101,8 +101,8 @@ def winner(run: Path, trial: int | None) -> tuple[str, Any, Path, str, int]:
     from nas.final import final_weights
     from nas.runs import read_config
 
-    found = run_winner(run, trial)
-    name, arch = f"winner_{found.trial}", found.arch
+    name, found = run_winner(run, trial)
+    arch = found.arch
     resolution = read_config(run)["space"]["resolution"]
     final = final_weights(run, arch)
     if final is not None:

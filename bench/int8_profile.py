@@ -82,16 +82,18 @@ def run_baselines(run: Path) -> dict[str, Any]:
     return out
 
 
-def run_winner(run: Path, trial: int | None) -> Any:
-    """The run's winner of `trial` (default: the best on the front), by nas.runs (one-line errors)."""
+def run_winner(run: Path, trial: int | None) -> tuple[str, Any]:
+    """(its name in the bench reports, the nas.runs Winner) of the run's winner of `trial` (default: the
+    best on the front); found by nas.runs, so a missing run or winner is a one-line error."""
     from nas.runs import get_winner, resolve_run
 
-    return get_winner(resolve_run(run), trial)
+    winner = get_winner(resolve_run(run), trial)
+    return f"winner_{winner.trial}", winner
 
 
 def winner_arch(run: Path, trial: int | None) -> tuple[str, Any]:
-    winner = run_winner(run, trial)
-    return f"winner_{winner.trial}", winner.arch
+    name, winner = run_winner(run, trial)
+    return name, winner.arch
 
 
 def model_archs(run: Path, trial: int | None, presets: tuple[str, ...]) -> dict[str, Any]:

@@ -76,8 +76,8 @@ def variant_rules(name: str) -> tuple[Any, bool]:
 
 def trained_models(run: Path, trial: int | None) -> dict[str, tuple[Any, Path]]:
     """(arch, proxy weights) of the winner and of each baseline the run trained."""
-    found = run_winner(run, trial)
-    out = {f"winner_{found.trial}": (found.arch, found.directory / "weights.pt")}
+    name, found = run_winner(run, trial)
+    out = {name: (found.arch, found.directory / "weights.pt")}
     for base, barch in run_baselines(run).items():
         found = sorted((run / "checkpoints").glob(f"*-{barch.hash}.pt"))
         if found:

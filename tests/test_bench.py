@@ -16,15 +16,18 @@ REQUIRED = {"int8_amx": ["--run", "r"], "int8_rules": ["--run", "r"], "prune_ben
             "winners_benchmark_app": ["--run", "r"]}
 
 
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"bench.{script}", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_every_bench_script_is_listed() -> None:
     assert len(SCRIPTS) >= 15 and "int8_profile" in SCRIPTS and "latency_bench" in SCRIPTS
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_bad_flag_is_one_line_and_exit_2(script: str) -> None:
-    result = subprocess.run([sys.executable, "-m", f"bench.{script}", *REQUIRED.get(script, []), "--no-such-flag"],
-                            cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = run_bench(script, *REQUIRED.get(script, []), "--no-such-flag")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--no-such-flag" in lines[0], result.stderr
@@ -33,9 +36,7 @@ def test_a_bad_flag_is_one_line_and_exit_2(script: str) -> None:
 
 def test_a_missing_run_or_winner_is_one_line_and_exit_2(tmp_path: Path) -> None:
     def profile(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bench.int8_profile", *args, "--prepare-only",
-                               "--workdir", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+        return run_bench("int8_profile", *args, "--prepare-only", "--workdir", str(tmp_path / "work"))
 
     result = profile("--run", str(tmp_path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
